@@ -1,0 +1,123 @@
+"""Input checks shared by every public boundary.
+
+Each function coerces NumPy, JAX or pandas input once and raises a ``ValueError``
+that names the argument and what is wrong with it. They run eagerly (outside
+``jit``); traced values are passed through unchecked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+BASES = ("rbf", "matern12", "matern32", "matern52")
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "to_numpy"):  # pandas DataFrame / Series
+        x = x.to_numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be numeric array-like; got {type(x).__name__}") from err
+    return arr
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def coordinates(X, name: str = "X", min_points: int = 1) -> jnp.ndarray:
+    """Coerce 3-D coordinates to a float64 array of shape (N, 3)."""
+    if _is_traced(X):
+        return X
+    arr = _to_numpy(X, name)
+    if arr.ndim == 1 and arr.shape[0] == 3:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (N, 3); got an array with shape {arr.shape}")
+    if arr.shape[1] != 3:
+        raise ValueError(
+            f"`{name}` must hold 3-D coordinates, shape (N, 3); got {arr.shape[1]} columns"
+        )
+    if arr.shape[0] < min_points:
+        raise ValueError(f"`{name}` needs at least {min_points} points; got {arr.shape[0]}")
+    _finite(arr, name)
+    return jnp.asarray(arr)
+
+
+def values(y, n: int | None = None, name: str = "y") -> jnp.ndarray:
+    """Coerce observed values to a float64 array of shape (N,)."""
+    if _is_traced(y):
+        return y
+    arr = _to_numpy(y, name)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must have shape (N,); got an array with shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"`{name}` has {arr.shape[0]} values but the coordinates have {n} points")
+    _finite(arr, name)
+    return jnp.asarray(arr)
+
+
+def lengthscales(l, name: str = "lengthscales") -> jnp.ndarray:
+    """Coerce three strictly positive, finite length-scales."""
+    if _is_traced(l):
+        return l
+    arr = _to_numpy(l, name)
+    if arr.shape != (3,):
+        raise ValueError(f"`{name}` must have shape (3,); got {arr.shape}")
+    _finite(arr, name)
+    if np.any(arr <= 0):
+        raise ValueError(f"`{name}` must be strictly positive; got {arr.tolist()}")
+    return jnp.asarray(arr)
+
+
+def vector3(a, name: str) -> jnp.ndarray:
+    """Coerce a finite 3-vector (e.g. an axis-angle)."""
+    if _is_traced(a):
+        return a
+    arr = _to_numpy(a, name)
+    if arr.shape != (3,):
+        raise ValueError(f"`{name}` must have shape (3,); got {arr.shape}")
+    _finite(arr, name)
+    return jnp.asarray(arr)
+
+
+def matrix3(M, name: str) -> jnp.ndarray:
+    if _is_traced(M):
+        return M
+    arr = _to_numpy(M, name)
+    if arr.shape[-2:] != (3, 3):
+        raise ValueError(f"`{name}` must have shape (..., 3, 3); got {arr.shape}")
+    _finite(arr, name)
+    return jnp.asarray(arr)
+
+
+def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
+    if _is_traced(v):
+        return v
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be a number; got {v!r}") from err
+    if not np.isfinite(f) or f < 0 or (f == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "strictly positive"
+        raise ValueError(f"`{name}` must be finite and {bound}; got {v!r}")
+    return f
+
+
+def base_name(base: str) -> str:
+    if base not in BASES:
+        raise ValueError(f"`base` must be one of {BASES}; got {base!r}")
+    return base
+
+
+def _finite(arr: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        kind = "NaN" if np.isnan(arr).any() else "infinite"
+        raise ValueError(f"`{name}` contains {kind} values ({int(bad.sum())} entries)")

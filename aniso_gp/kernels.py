@@ -1,0 +1,246 @@
+r"""Stationary 3-D kernels on linearly transformed inputs.
+
+Every kernel here is ``k(x, x') = s^2 phi(|z - z'|)`` with ``z = A^T x`` and
+``A A^T = M`` the metric, so ``|z - z'|^2 = (x - x')^T M (x - x')``:
+
+============================  ====================================  ===========================
+kernel                        ``A`` (inputs transformed as X @ A)    parameters
+============================  ====================================  ===========================
+:class:`RotatedAnisotropic`   ``R diag(1/l)``, ``R = so3.exp(a)``   ``lengthscales``, ``axis_angle``
+:class:`ARD`                  ``diag(1/l)``                         ``lengthscales``
+:class:`FullSPD`              ``L`` lower Cholesky factor of ``M``  ``cholesky``
+============================  ====================================  ===========================
+
+and ``phi`` one of the bases (``r`` the Euclidean distance in ``z``):
+
+* ``"rbf"``: ``exp(-r^2/2)``
+* ``"matern12"``: ``exp(-r)``
+* ``"matern32"``: ``(1 + sqrt3 r) exp(-sqrt3 r)``
+* ``"matern52"``: ``(1 + sqrt5 r + 5 r^2/3) exp(-sqrt5 r)``
+
+The pure function :func:`gram` (what the NumPyro models call) takes a parameter
+dict; its keys select the kernel. The classes wrap the same functions as GPJax 1.0
+``AbstractKernel`` modules, so ``gpx.gps.Prior(kernel=RotatedAnisotropic(...))``
+and ``gpx.fit`` work. Inputs are transformed once (N x 3), never per pair.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import gpjax as gpx
+import jax
+import jax.numpy as jnp
+from gpjax.kernels.computations import AbstractKernelComputation
+from gpjax.parameters import LowerTriangular, PositiveReal, Real, val
+
+from aniso_gp import _validation as check
+from aniso_gp import so3
+
+jax.config.update("jax_enable_x64", True)
+
+_SQRT3 = 3.0**0.5
+_SQRT5 = 5.0**0.5
+
+
+# --------------------------------------------------------------------------- #
+# Pure functions
+# --------------------------------------------------------------------------- #
+def transform_matrix(params: dict) -> jnp.ndarray:
+    """The (3, 3) matrix ``A`` with ``M = A A^T``, chosen by the keys of ``params``.
+
+    ``{"lengthscales", "axis_angle"}`` -> rotated; ``{"cholesky"}`` -> full SPD;
+    ``{"lengthscales"}`` -> ARD.
+    """
+    if "cholesky" in params:
+        return jnp.tril(params["cholesky"])
+    inv_l = 1.0 / params["lengthscales"]
+    if "axis_angle" in params:
+        return so3.exp(params["axis_angle"]) * inv_l[None, :]
+    return jnp.diag(inv_l)
+
+
+def metric_of(params: dict) -> jnp.ndarray:
+    """Metric ``M = A A^T`` (3, 3) of a kernel parameter dict."""
+    A = transform_matrix(params)
+    return A @ A.T
+
+
+def transform(X: jnp.ndarray, params: dict) -> jnp.ndarray:
+    """Transformed inputs ``Z = X A`` (N, 3); the kernel is isotropic in ``Z``."""
+    return X @ transform_matrix(params)
+
+
+def _distance(r2: jnp.ndarray) -> jnp.ndarray:
+    # sqrt has an infinite derivative at 0: evaluate it on a safe value and
+    # select, so gradients stay finite on the diagonal of a gram matrix.
+    pos = r2 > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
+
+
+def correlation(r2: jnp.ndarray, base: str) -> jnp.ndarray:
+    """Isotropic correlation ``phi`` as a function of the squared distance ``r2``."""
+    if base == "rbf":
+        return jnp.exp(-0.5 * r2)
+    r = _distance(r2)
+    if base == "matern12":
+        return jnp.exp(-r)
+    if base == "matern32":
+        return (1.0 + _SQRT3 * r) * jnp.exp(-_SQRT3 * r)
+    if base == "matern52":
+        return (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * jnp.exp(-_SQRT5 * r)
+    raise ValueError(f"`base` must be one of {check.BASES}; got {base!r}")
+
+
+def squared_distances(Z1: jnp.ndarray, Z2: jnp.ndarray) -> jnp.ndarray:
+    """Pairwise squared Euclidean distances (N1, N2), from differences (no cancellation)."""
+    d = Z1[:, None, :] - Z2[None, :, :]
+    return jnp.sum(d * d, axis=-1)
+
+
+def gram_transformed(Z1, Z2, variance, base: str = "rbf") -> jnp.ndarray:
+    """``s^2 phi(|z_i - z'_j|)`` for already-transformed inputs, (N1, N2)."""
+    return variance * correlation(squared_distances(Z1, Z2), base)
+
+
+def gram(X1: jnp.ndarray, X2: jnp.ndarray, params: dict, base: str = "rbf") -> jnp.ndarray:
+    """Cross-covariance ``K(X1, X2)`` (N1, N2) of a kernel given by ``params``.
+
+    ``params`` holds the metric parameters (see :func:`transform_matrix`) and an
+    optional ``"variance"`` (default 1).
+    """
+    A = transform_matrix(params)
+    variance = params.get("variance", 1.0)
+    return gram_transformed(X1 @ A, X2 @ A, variance, base)
+
+
+# --------------------------------------------------------------------------- #
+# GPJax kernels
+# --------------------------------------------------------------------------- #
+class _TransformedComputation(AbstractKernelComputation):
+    """GPJax compute engine: transform both input sets once, then one dense pass."""
+
+    def _cross_covariance(self, kernel, x, y):
+        A = kernel.transform_matrix()
+        return gram_transformed(x @ A, y @ A, val(kernel.variance), kernel.base)
+
+    def _diagonal(self, kernel, inputs):
+        import lineax as lx
+
+        d = jnp.full((inputs.shape[0],), val(kernel.variance))
+        return lx.TaggedLinearOperator(lx.DiagonalLinearOperator(d), lx.positive_semidefinite_tag)
+
+
+class _Anisotropic3D(gpx.kernels.AbstractKernel):
+    """Shared GPJax plumbing: ``__call__`` on a pair, dense engine on transformed inputs."""
+
+    variance: PositiveReal
+    base: str = eqx.field(static=True)
+
+    def transform_matrix(self) -> jnp.ndarray:
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        """The pure-function parameter dict (see :func:`gram`)."""
+        raise NotImplementedError
+
+    def metric(self) -> jnp.ndarray:
+        A = self.transform_matrix()
+        return A @ A.T
+
+    def __call__(self, x, y):
+        A = self.transform_matrix()
+        d = (x - y) @ A
+        return val(self.variance) * correlation(jnp.sum(d * d), self.base)
+
+
+def _init_common(self, variance, base):
+    gpx.kernels.AbstractKernel.__init__(
+        self, active_dims=None, n_dims=3, compute_engine=_TransformedComputation()
+    )
+    self.variance = PositiveReal(check.positive_scalar(variance, "variance"))
+    self.base = check.base_name(base)
+
+
+class RotatedAnisotropic(_Anisotropic3D):
+    r"""Rotated anisotropic kernel, ``M = R diag(l^-2) R^T`` with ``R = exp([a]x)``.
+
+    Args:
+        lengthscales: (3,) positive principal length-scales ``l``.
+        axis_angle: (3,) unconstrained axis-angle vector ``a``.
+        variance: signal variance ``s^2``.
+        base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
+    """
+
+    name: ClassVar[str] = "RotatedAnisotropic"
+    lengthscales: PositiveReal
+    axis_angle: Real
+
+    def __init__(self, lengthscales, axis_angle, variance=1.0, base="rbf"):
+        _init_common(self, variance, base)
+        self.lengthscales = PositiveReal(check.lengthscales(lengthscales))
+        self.axis_angle = Real(check.vector3(axis_angle, "axis_angle"))
+
+    def params(self) -> dict:
+        return {
+            "lengthscales": val(self.lengthscales),
+            "axis_angle": val(self.axis_angle),
+            "variance": val(self.variance),
+        }
+
+    def transform_matrix(self):
+        return transform_matrix(self.params())
+
+
+class ARD(_Anisotropic3D):
+    """Axis-aligned (automatic relevance determination) kernel, ``M = diag(l^-2)``."""
+
+    name: ClassVar[str] = "ARD"
+    lengthscales: PositiveReal
+
+    def __init__(self, lengthscales, variance=1.0, base="rbf"):
+        _init_common(self, variance, base)
+        self.lengthscales = PositiveReal(check.lengthscales(lengthscales))
+
+    def params(self) -> dict:
+        return {"lengthscales": val(self.lengthscales), "variance": val(self.variance)}
+
+    def transform_matrix(self):
+        return transform_matrix(self.params())
+
+
+class FullSPD(_Anisotropic3D):
+    """Kernel with a free SPD metric ``M = L L^T``.
+
+    Give either ``cholesky`` (lower-triangular, positive diagonal) or ``metric``
+    (symmetric positive definite; its Cholesky factor is taken).
+    """
+
+    name: ClassVar[str] = "FullSPD"
+    cholesky: LowerTriangular
+
+    def __init__(self, cholesky=None, metric=None, variance=1.0, base="rbf"):
+        _init_common(self, variance, base)
+        if (cholesky is None) == (metric is None):
+            raise ValueError("FullSPD needs exactly one of `cholesky` or `metric`")
+        if metric is not None:
+            M = check.matrix3(metric, "metric")
+            if not jnp.allclose(M, M.T, rtol=1e-10, atol=1e-12):
+                raise ValueError("`metric` must be symmetric")
+            L = jnp.linalg.cholesky(M)
+            if not bool(jnp.all(jnp.isfinite(L))):
+                raise ValueError("`metric` must be positive definite (its Cholesky failed)")
+        else:
+            L = check.matrix3(cholesky, "cholesky")
+            if bool(jnp.any(jnp.triu(L, 1) != 0)):
+                raise ValueError("`cholesky` must be lower triangular")
+            if bool(jnp.any(jnp.diag(L) <= 0)):
+                raise ValueError("`cholesky` must have a strictly positive diagonal")
+        self.cholesky = LowerTriangular(L)
+
+    def params(self) -> dict:
+        return {"cholesky": val(self.cholesky), "variance": val(self.variance)}
+
+    def transform_matrix(self):
+        return transform_matrix(self.params())

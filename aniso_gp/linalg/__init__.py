@@ -1,0 +1,1 @@
+"""Shared linear-algebra core: pure JAX functions on arrays (no NumPyro, no ArviZ)."""
