@@ -71,9 +71,17 @@ def exp(a: jnp.ndarray) -> jnp.ndarray:
 
 def angle(R: jnp.ndarray) -> jnp.ndarray:
     """Rotation angle in [0, pi] of (..., 3, 3) rotations, via atan2 (accurate at 0 and pi)."""
-    s = 0.5 * jnp.linalg.norm(vee(R - jnp.swapaxes(R, -1, -2)), axis=-1)
+    s = 0.5 * _safe_norm(vee(R - jnp.swapaxes(R, -1, -2)))
     c = 0.5 * (jnp.trace(R, axis1=-2, axis2=-1) - 1.0)
     return jnp.arctan2(s, c)
+
+
+def _safe_norm(v):
+    # The norm's gradient is 0/0 at v = 0; select around it so log() and angle()
+    # stay differentiable at the identity.
+    sq = jnp.sum(v * v, axis=-1)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
 def log(R: jnp.ndarray) -> jnp.ndarray:
@@ -98,11 +106,28 @@ def log(R: jnp.ndarray) -> jnp.ndarray:
     diag = jnp.diagonal(B, axis1=-2, axis2=-1)
     k = jnp.argmax(diag, axis=-1)
     col = jnp.einsum("...ij,...j->...i", B, jax.nn.one_hot(k, 3, dtype=B.dtype))
-    norm = jnp.linalg.norm(col, axis=-1, keepdims=True)
+    norm = _safe_norm(col)[..., None]  # finite reverse-mode gradient at the identity
     n = col / jnp.where(norm > 0, norm, 1.0)
     sign = jnp.where(jnp.sum(n * w, axis=-1) < 0, -1.0, 1.0)
     a_pi = (sign * t)[..., None] * n
     return jnp.where(near_pi[..., None], a_pi, a_regular)
+
+
+def from_quaternion(q: jnp.ndarray) -> jnp.ndarray:
+    """Rotation (..., 3, 3) of a quaternion ``q = (w, x, y, z)`` (..., 4), normalised here.
+
+    ``q`` and ``-q`` give the same rotation. With ``q`` drawn from an isotropic
+    4-D normal, ``R`` is Haar-uniform on SO(3) (the projected-normal construction).
+    """
+    q = jnp.asarray(q)
+    q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+    w, x, y, z = (q[..., i] for i in range(4))
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return jnp.stack([jnp.stack(r, -1) for r in rows], -2)
 
 
 def metric(lengthscales: jnp.ndarray, axis_angle: jnp.ndarray) -> jnp.ndarray:
@@ -184,7 +209,8 @@ def relative_frobenius(M_true: jnp.ndarray, M: jnp.ndarray) -> jnp.ndarray:
 def affine_invariant(M1: jnp.ndarray, M2: jnp.ndarray) -> jnp.ndarray:
     """Affine-invariant distance ``|log(M1^-1/2 M2 M1^-1/2)|_F``."""
     W = _sym_fn(M1, lambda x: x**-0.5)
-    lam = jnp.linalg.eigvalsh(W @ M2 @ W)
+    S = W @ M2 @ W
+    lam = jnp.linalg.eigvalsh(0.5 * (S + jnp.swapaxes(S, -1, -2)))
     return jnp.sqrt(jnp.sum(jnp.log(lam) ** 2, axis=-1))
 
 
@@ -194,15 +220,13 @@ def log_euclidean(M1: jnp.ndarray, M2: jnp.ndarray) -> jnp.ndarray:
 
 
 def axial_angle(v: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
-    """Angle in degrees between axes, blind to sign: ``arccos |v . w| / (|v| |w|)``.
+    """Angle in degrees between axes, blind to sign: ``arccos(|v . w| / (|v| |w|))``.
 
     ``v``, ``w``: (..., 3) directions along the last axis (broadcast). For the
     principal directions stored as columns of ``V`` (3, 3), pass ``V.T``.
     """
     v = jnp.asarray(v)
     w = jnp.asarray(w)
-    dot = jnp.sum(v * w, axis=-1)
-    nv = jnp.linalg.norm(v, axis=-1)
-    nw = jnp.linalg.norm(w, axis=-1)
-    c = jnp.clip(jnp.abs(dot) / (nv * nw), 0.0, 1.0)
-    return jnp.degrees(jnp.arccos(c))
+    v, w = jnp.broadcast_arrays(v, w)
+    # atan2(|v x w|, |v . w|) stays accurate for tiny angles, where arccos does not.
+    return jnp.degrees(jnp.arctan2(_safe_norm(jnp.cross(v, w)), jnp.abs(jnp.sum(v * w, axis=-1))))

@@ -31,23 +31,58 @@ def cholesky(K: jnp.ndarray, levels=JITTER_LEVELS) -> tuple[jnp.ndarray, jnp.nda
         ``(L, jitter)``: ``L`` (N, N) lower triangular, ``jitter`` the absolute
         amount added to the diagonal. ``L`` is NaN if every level failed.
     """
+    # Jitted (levels static) so eager calls do not re-trace and re-compile the
+    # cond/while_loop each time; custom JVP because while_loop has no reverse mode.
+    return _cholesky(jnp.asarray(K), tuple(float(v) for v in levels))
+
+
+def _factor(K, levels):
     levels = jnp.asarray(levels, dtype=K.dtype)
     scale = jnp.mean(jnp.diagonal(K))
     eye = jnp.eye(K.shape[-1], dtype=K.dtype)
+    L0 = jnp.linalg.cholesky(K)
 
-    def factor(i):
-        return jnp.linalg.cholesky(K + levels[i] * scale * eye)
+    def escalate():
+        def cond(state):
+            i, L = state
+            return (i < levels.shape[0] - 1) & ~jnp.all(jnp.isfinite(L))
 
-    def cond(state):
-        i, L = state
-        return (i < levels.shape[0] - 1) & ~jnp.all(jnp.isfinite(L))
+        def body(state):
+            i, _ = state
+            return i + 1, jnp.linalg.cholesky(K + levels[i + 1] * scale * eye)
 
-    def body(state):
-        i, _ = state
-        return i + 1, factor(i + 1)
+        i, L = jax.lax.while_loop(cond, body, (0, L0))
+        return L, levels[i] * scale
 
-    i, L = jax.lax.while_loop(cond, body, (0, factor(0)))
-    return L, levels[i] * scale
+    # The common case (K already positive definite) takes the plain factor: the
+    # escalation loop sits in a cond branch that only runs when it is needed.
+    return jax.lax.cond(
+        jnp.all(jnp.isfinite(L0)), lambda: (L0, jnp.zeros((), K.dtype)), escalate
+    )
+
+
+_factor_ad = jax.custom_jvp(_factor, nondiff_argnums=(1,))
+
+
+@_factor_ad.defjvp
+def _factor_jvp(levels, primals, tangents):
+    # Derivative of chol(K + eps mean(diag K) I) at the chosen level eps, as in
+    # jax.lax.linalg: dL = L Phi(L^-1 dC L^-T), Phi = lower triangle, halved diagonal.
+    (K,), (dK,) = primals, tangents
+    L, jitter = _factor(K, levels)
+    n = K.shape[-1]
+    scale = jnp.mean(jnp.diagonal(K))
+    djitter = jnp.where(jitter > 0, jitter / jnp.where(scale != 0, scale, 1.0), 0.0) * jnp.mean(
+        jnp.diagonal(dK)
+    )
+    dC = 0.5 * (dK + dK.T) + djitter * jnp.eye(n, dtype=K.dtype)
+    W = jax.scipy.linalg.solve_triangular(L, dC, lower=True)
+    W = jax.scipy.linalg.solve_triangular(L, W.T, lower=True)
+    phi = jnp.tril(W) - 0.5 * jnp.diag(jnp.diagonal(W))
+    return (L, jitter), (L @ phi, djitter)
+
+
+_cholesky = jax.jit(_factor_ad, static_argnums=1)
 
 
 def checked_cholesky(K, name: str = "covariance matrix") -> tuple[jnp.ndarray, float]:

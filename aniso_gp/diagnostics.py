@@ -1,0 +1,142 @@
+"""The one module that talks to ArviZ (0.x): InferenceData, R-hat/ESS on invariants, LOO.
+
+Keeping every ArviZ call here makes a move to ArviZ 1.x a one-file change.
+R-hat and ESS are only meaningful on quantities that do not depend on the
+labelling of the principal axes (DESIGN.md section 3): the sorted
+length-scales, the metric entries, signal, noise and mean.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+with warnings.catch_warnings():
+    # ArviZ 0.23 announces its 1.x refactor on import; we pin the 0.x line.
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+DIVERGENCE_MAX = 0.01
+BFMI_MIN = 0.3
+
+
+def inference_data(posterior, sample_stats, log_likelihood, observed, constant, coords, dims,
+                   attrs=None):
+    """Build an ``az.InferenceData`` from dicts of (chain, draw, ...) arrays."""
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats=sample_stats,
+        log_likelihood=log_likelihood,
+        observed_data=observed,
+        constant_data=constant,
+        coords=coords,
+        dims=dims,
+        attrs=attrs or {},
+    )
+
+
+def invariant_summary(draws: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Mean, sd, 5/50/95% quantiles, R-hat, bulk and tail ESS of scalar invariants.
+
+    Args:
+        draws: name -> (chain, draw) array of one scalar invariant each.
+    """
+    rows = {}
+    for name, x in draws.items():
+        x = np.asarray(x, dtype=float)
+        q5, q50, q95 = np.quantile(x, [0.05, 0.5, 0.95])
+        rows[name] = {
+            "mean": x.mean(),
+            "sd": x.std(ddof=1),
+            "q5": q5,
+            "q50": q50,
+            "q95": q95,
+            "r_hat": float(az.rhat(x)) if x.shape[0] > 1 else np.nan,
+            "ess_bulk": float(az.ess(x, method="bulk")),
+            "ess_tail": float(az.ess(x, method="tail")),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def sampler_report(idata, summary: pd.DataFrame, wall_time: float | None = None) -> dict:
+    """Divergences, R-hat/ESS on invariants, E-BFMI, steps per draw, and flags in words."""
+    stats = idata.sample_stats
+    div = np.asarray(stats["diverging"])
+    n_draws = div.size
+    bfmi = np.atleast_1d(az.bfmi(idata)) if "energy" in stats else np.array([np.nan])
+    steps = np.asarray(stats["n_steps"]) if "n_steps" in stats else np.array([np.nan])
+    out = {
+        "draws": int(n_draws),
+        "chains": int(div.shape[0]),
+        "divergences": int(div.sum()),
+        "divergence_fraction": float(div.mean()),
+        "max_r_hat": float(np.nanmax(summary["r_hat"])) if summary["r_hat"].notna().any()
+        else float("nan"),
+        "min_ess_bulk": float(summary["ess_bulk"].min()),
+        "min_ess_tail": float(summary["ess_tail"].min()),
+        "min_e_bfmi": float(np.min(bfmi)),
+        "mean_steps_per_draw": float(np.mean(steps)),
+    }
+    if wall_time is not None:
+        out["wall_time_s"] = float(wall_time)
+        out["min_ess_per_s"] = out["min_ess_bulk"] / wall_time
+    flags = []
+    if out["divergence_fraction"] > DIVERGENCE_MAX:
+        flags.append(
+            f"{out['divergences']} divergent transitions ({100 * out['divergence_fraction']:.1f}%"
+            " of draws): the sampler missed part of the posterior; raise target_accept_prob or"
+            " reparameterise"
+        )
+    elif out["divergences"]:
+        flags.append(f"{out['divergences']} divergent transitions (below 1%: minor)")
+    if out["max_r_hat"] > RHAT_MAX:
+        worst = summary["r_hat"].idxmax()
+        flags.append(
+            f"R-hat {out['max_r_hat']:.3f} > {RHAT_MAX} on {worst}: chains disagree; run longer"
+        )
+    if out["min_ess_bulk"] < ESS_MIN:
+        worst = summary["ess_bulk"].idxmin()
+        flags.append(
+            f"bulk ESS {out['min_ess_bulk']:.0f} < {ESS_MIN} on {worst}: estimates are noisy;"
+            " draw more samples"
+        )
+    if out["min_e_bfmi"] < BFMI_MIN:
+        flags.append(
+            f"E-BFMI {out['min_e_bfmi']:.2f} < {BFMI_MIN}: the energy distribution is poorly"
+            " explored (heavy tails or a funnel)"
+        )
+    out["flags"] = flags or ["no problems detected"]
+    return out
+
+
+def loo(idata) -> dict:
+    """PSIS-LOO of the pointwise closed-form GP leave-one-out log-likelihood."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = az.loo(idata, pointwise=True)
+    k = np.asarray(res.pareto_k)
+    return {
+        "elpd_loo": float(res.elpd_loo),
+        "se": float(res.se),
+        "p_loo": float(res.p_loo),
+        "max_pareto_k": float(np.max(k)),
+    }
+
+
+def compare(idatas: dict) -> pd.DataFrame:
+    """ArviZ LOO model comparison (ranked, with elpd differences and stacking weights)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return az.compare(idatas, ic="loo")
+
+
+def to_netcdf(idata, path) -> None:
+    idata.to_netcdf(str(path))
+
+
+def from_netcdf(path):
+    return az.from_netcdf(str(path))

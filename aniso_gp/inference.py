@@ -1,0 +1,588 @@
+r"""Bayesian fit of an anisotropic GP: NUTS over chains -> :class:`Fit`.
+
+``fit`` standardises the data (coordinates centred and divided by one common
+scale, so rotations survive; values to zero mean and unit sd), runs NumPyro's
+NUTS with a dense mass matrix on several chains, and returns a :class:`Fit`
+whose every number is in the user's units:
+
+* metric draws ``M`` (S, 3, 3): ``M_user = M_std / x_scale^2``;
+* canonical length-scales (sorted descending) and axis-angles
+  (:func:`aniso_gp.so3.canonicalize`), the principal axes as columns;
+* a pointwise log-likelihood from closed-form GP leave-one-out, so
+  ``az.loo`` / ``az.compare`` are meaningful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax.scipy.special import logsumexp
+from jax.scipy.stats import norm
+from numpyro.infer import MCMC, NUTS, init_to_median
+
+from aniso_gp import _validation as check
+from aniso_gp import diagnostics, kernels, orientation, so3
+from aniso_gp.likelihoods import exact_predict, loo_pointwise
+from aniso_gp.models import (
+    KERNELS,
+    LIKELIHOODS,
+    PARAMETERIZATIONS,
+    ModelSpec,
+    Priors,
+    gp_model,
+)
+
+jax.config.update("jax_enable_x64", True)
+
+MIN_POINTS = 10
+EXACT_WARN_N = 3000
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Standardizer:
+    """``x_std = (x - center) / x_scale`` with one scale for all axes; ``y_std = (y - y_mean) / y_sd``."""
+
+    center: tuple[float, float, float]
+    x_scale: float
+    y_mean: float
+    y_sd: float
+    extent: float
+
+    @classmethod
+    def from_data(cls, X: np.ndarray, y: np.ndarray) -> Standardizer:
+        y_sd = float(np.std(y))
+        if not y_sd > 0:
+            raise ValueError("`y` is constant: there is no spatial variation to model")
+        center = X.mean(axis=0)
+        x_scale = float(np.sqrt(np.mean(np.var(X, axis=0))))
+        if not x_scale > 0:
+            raise ValueError("`X` has all points at one location")
+        extent = float(np.max(np.ptp(X, axis=0)))
+        return cls(tuple(map(float, center)), x_scale, float(np.mean(y)), y_sd, extent)
+
+    def x(self, X):
+        return (jnp.asarray(X) - jnp.asarray(self.center)) / self.x_scale
+
+    def y(self, y):
+        return (jnp.asarray(y) - self.y_mean) / self.y_sd
+
+
+def _chain_method(num_chains: int) -> str:
+    # One chain per device: `aniso_gp/__init__.py` asks XLA for max(4, cores)
+    # host devices when it is imported before JAX starts.
+    return "parallel" if jax.local_device_count() >= num_chains else "sequential"
+
+
+def fit(
+    X,
+    y,
+    kernel: str = "rotated",
+    base: str = "rbf",
+    parameterization: str = "axis-angle",
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+    priors=None,
+    likelihood: str = "exact",
+    num_landmarks: int = 256,
+    landmarks: str = "rpcholesky",
+    target_accept_prob: float = 0.8,
+) -> Fit:
+    """Fit a stationary anisotropic GP to 3-D data by NUTS.
+
+    Args:
+        X: (N, 3) coordinates (NumPy, JAX or a pandas DataFrame).
+        y: (N,) values.
+        kernel: ``"rotated"`` (M = R diag(l^-2) R^T), ``"ard"`` or ``"full"`` (free SPD).
+        base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
+        parameterization: for the rotated kernel, ``"axis-angle"`` (the paper's:
+            exchangeable length-scales, free axis-angle) or ``"identifiable"``
+            (ordered length-scales, projected-normal quaternion).
+        num_chains, num_warmup, num_samples: NUTS settings.
+        seed: random seed (fits are reproducible).
+        progress: show the sampler's progress bar.
+        priors: dict of :class:`aniso_gp.models.Priors` fields in the user's units.
+        likelihood: ``"exact"`` (dense Cholesky), ``"dtc"`` or ``"fitc"`` (Nystrom,
+            O(N m^2) per step).
+        num_landmarks, landmarks: for the low-rank likelihoods, the number of
+            inducing points and how they are chosen (once, from the data).
+        target_accept_prob: NUTS target acceptance.
+    """
+    X = np.asarray(check.coordinates(X, "X", min_points=MIN_POINTS))
+    y = np.asarray(check.values(y, n=X.shape[0], name="y"))
+    base = check.base_name(base)
+    _choice(kernel, KERNELS, "kernel")
+    _choice(parameterization, PARAMETERIZATIONS, "parameterization")
+    _choice(likelihood, LIKELIHOODS, "likelihood")
+    for name, v in (("num_chains", num_chains), ("num_warmup", num_warmup),
+                    ("num_samples", num_samples)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"`{name}` must be a positive integer; got {v!r}")
+    n = X.shape[0]
+    if likelihood == "exact" and n > EXACT_WARN_N:
+        warnings.warn(
+            f"exact likelihood on N={n} points costs O(N^3) per gradient; consider "
+            f"likelihood='fitc' with num_landmarks={num_landmarks}",
+            UserWarning,
+            stacklevel=2,
+        )
+    std = Standardizer.from_data(X, y)
+    user_priors = Priors.from_user(priors)
+    spec = ModelSpec(
+        kernel=kernel,
+        base=base,
+        parameterization=parameterization if kernel == "rotated" else "axis-angle",
+        likelihood=likelihood,
+        priors=user_priors.standardised(std.x_scale, std.y_mean, std.y_sd, std.extent),
+    )
+    Xs, ys = std.x(X), std.y(y)
+    Xm = None
+    if likelihood != "exact":
+        Xm = _choose_landmarks(Xs, num_landmarks, landmarks, spec, seed)
+
+    nuts = NUTS(
+        gp_model,
+        dense_mass=True,
+        target_accept_prob=target_accept_prob,
+        init_strategy=init_to_median(num_samples=15),
+    )
+    mcmc = MCMC(
+        nuts,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method=_chain_method(num_chains),
+        progress_bar=progress,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There are not enough devices")
+        mcmc.run(
+            jax.random.PRNGKey(seed),
+            Xs,
+            ys,
+            spec=spec,
+            landmarks=Xm,
+            extra_fields=("diverging", "num_steps", "energy", "accept_prob", "potential_energy"),
+        )
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    wall = time.perf_counter() - t0
+    settings = {
+        "format_version": _FORMAT_VERSION,
+        "kernel": kernel,
+        "base": base,
+        "parameterization": spec.parameterization,
+        "likelihood": likelihood,
+        "num_chains": num_chains,
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
+        "seed": seed,
+        "priors": dataclasses.asdict(user_priors),
+        "standardizer": dataclasses.asdict(std),
+        "landmarks": None if Xm is None else np.asarray(Xm).tolist(),
+        "landmark_method": landmarks if Xm is not None else None,
+        "wall_time_s": wall,
+    }
+    idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
+    return Fit(idata, settings)
+
+
+def _choice(value, options, name):
+    if value not in options:
+        raise ValueError(f"`{name}` must be one of {options}; got {value!r}")
+
+
+def _choose_landmarks(Xs, m, method, spec, seed):
+    """Landmarks chosen once in the prior-median transformed coordinates."""
+    from aniso_gp.linalg.nystrom import select_landmarks
+
+    n = Xs.shape[0]
+    if int(m) != m or not 1 <= m <= n:
+        raise ValueError(f"`num_landmarks` must be an integer in [1, N={n}]; got {m!r}")
+    Z = Xs / spec.priors.lengthscale_median
+
+    def kernel_fn(Z1, Z2):
+        return kernels.gram_transformed(Z1, Z2, 1.0, spec.base)
+
+    idx = select_landmarks(Z, int(m), method=method, seed=seed, kernel_fn=kernel_fn)
+    return Xs[np.asarray(idx)]
+
+
+# --------------------------------------------------------------------------- #
+# Per-draw computations (standardised units)
+# --------------------------------------------------------------------------- #
+def _covariance(A, signal, noise, Xs, base):
+    Z = Xs @ A
+    n = Xs.shape[0]
+    return kernels.gram_transformed(Z, Z, signal**2, base) + noise**2 * jnp.eye(n)
+
+
+def _flat(samples, name):
+    v = samples[name]
+    return v.reshape((-1,) + v.shape[2:])
+
+
+def _loo_draws(A, signal, noise, mean, Xs, ys, base, lowrank):
+    """Pointwise LOO log density (S, N) in standardised units."""
+    if lowrank is not None:
+        from aniso_gp.likelihoods import lowrank_loo_pointwise
+
+        Xm, fitc = lowrank
+
+        def one(args):
+            A_, s_, e_, m_ = args
+            return lowrank_loo_pointwise(*_lowrank_parts(A_, s_, e_, Xs, Xm, base, fitc), ys - m_)
+
+    else:
+
+        def one(args):
+            A_, s_, e_, m_ = args
+            return loo_pointwise(_covariance(A_, s_, e_, Xs, base), ys - m_)[0]
+
+    return jax.lax.map(jax.jit(one), (A, signal, noise, mean), batch_size=8)
+
+
+def _lowrank_parts(A, signal, noise, Xs, Xm, base, fitc):
+    from aniso_gp.models import nystrom_features
+
+    U = nystrom_features(Xs @ A, Xm @ A, signal**2, base)
+    d = jnp.full((Xs.shape[0],), noise**2)
+    if fitc:
+        d = d + jnp.maximum(signal**2 - jnp.sum(U * U, axis=1), 0.0)
+    return U, d
+
+
+def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
+    C, D = samples["A"].shape[:2]
+    A = samples["A"]  # (C, D, 3, 3) standardised
+    M = np.einsum("cdij,cdkj->cdik", A, A) / std.x_scale**2
+    l_can, V = (np.asarray(v) for v in so3.principal_axes(jnp.asarray(M)))
+    _, a_can = (np.asarray(v) for v in so3.canonicalize(l_can, so3.log(jnp.asarray(V))))
+    axes = np.asarray(so3.exp(jnp.asarray(a_can)))
+    posterior = {
+        "lengthscales": l_can,
+        "axis_angle": a_can,
+        "axes": axes,
+        "metric": M,
+        "signal": samples["signal"] * std.y_sd,
+        "noise": samples["noise"] * std.y_sd,
+        "mean": samples["mean"] * std.y_sd + std.y_mean,
+        "A_std": A,
+    }
+    if spec.kernel != "full":
+        if "log_l_sorted" in samples:
+            l_raw = np.exp(samples["log_l_sorted"][..., ::-1])
+        else:
+            l_raw = np.exp(samples["log_l"])
+        posterior["lengthscales_raw"] = l_raw * std.x_scale
+    if spec.kernel == "rotated":
+        if "quat" in samples:
+            a_raw = np.asarray(so3.log(so3.from_quaternion(jnp.asarray(samples["quat"]))))
+        else:
+            a_raw = samples["axis_angle"]
+        posterior["axis_angle_raw"] = a_raw
+
+    Xs, ys = std.x(X), std.y(y)
+    lowrank = None if Xm is None else (jnp.asarray(Xm), spec.likelihood == "fitc")
+    ll = _loo_draws(
+        jnp.asarray(_flat(samples, "A")),
+        jnp.asarray(_flat(samples, "signal")),
+        jnp.asarray(_flat(samples, "noise")),
+        jnp.asarray(_flat(samples, "mean")),
+        Xs, ys, spec.base, lowrank,
+    )
+    ll = np.asarray(ll).reshape(C, D, -1) - math.log(std.y_sd)
+
+    stats = {
+        "diverging": extra["diverging"],
+        "n_steps": extra["num_steps"],
+        "energy": extra["energy"],
+        "acceptance_rate": extra["accept_prob"],
+        "lp": -extra["potential_energy"],
+    }
+    dims = {
+        "lengthscales": ["axis"],
+        "lengthscales_raw": ["axis"],
+        "axis_angle": ["component"],
+        "axis_angle_raw": ["component"],
+        "axes": ["component", "axis"],
+        "metric": ["row", "col"],
+        "A_std": ["row", "col"],
+        "y": ["obs"],
+        "X": ["obs", "coord"],
+    }
+    coords = {
+        "axis": [1, 2, 3],
+        "component": ["x", "y", "z"],
+        "row": ["x", "y", "z"],
+        "col": ["x", "y", "z"],
+        "coord": ["x", "y", "z"],
+        "obs": np.arange(X.shape[0]),
+    }
+    return diagnostics.inference_data(
+        posterior=posterior,
+        sample_stats=stats,
+        log_likelihood={"y": ll},
+        observed={"y": y},
+        constant={"X": X},
+        coords=coords,
+        dims=dims,
+        attrs={"aniso_gp_settings": json.dumps(settings)},
+    )
+
+
+# --------------------------------------------------------------------------- #
+# The user-facing result
+# --------------------------------------------------------------------------- #
+class Fit:
+    """Posterior of an anisotropic GP fit; every number is in the user's units."""
+
+    def __init__(self, idata, settings: dict):
+        self.idata = idata
+        self.settings = settings
+        self.std = Standardizer(**{k: (tuple(v) if k == "center" else v)
+                                   for k, v in settings["standardizer"].items()})
+        self._summary = None
+
+    # -- draws --------------------------------------------------------------- #
+    def _draws(self, name) -> np.ndarray:
+        v = np.asarray(self.idata.posterior[name])
+        return v.reshape((-1,) + v.shape[2:])
+
+    @property
+    def kernel(self) -> str:
+        return self.settings["kernel"]
+
+    @property
+    def X(self) -> np.ndarray:
+        return np.asarray(self.idata.constant_data["X"])
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.asarray(self.idata.observed_data["y"])
+
+    def metric_draws(self) -> np.ndarray:
+        """Metric draws ``M`` (S, 3, 3) in the user's units (inverse squared length)."""
+        return self._draws("metric")
+
+    def canonical_draws(self) -> pd.DataFrame:
+        """One row per draw: chain, draw, canonical length-scales and axis-angle, signal, noise, mean."""
+        post = self.idata.posterior
+        C, D = post.sizes["chain"], post.sizes["draw"]
+        l = self._draws("lengthscales")
+        a = self._draws("axis_angle")
+        return pd.DataFrame({
+            "chain": np.repeat(np.arange(C), D),
+            "draw": np.tile(np.arange(D), C),
+            "l1": l[:, 0], "l2": l[:, 1], "l3": l[:, 2],
+            "a_x": a[:, 0], "a_y": a[:, 1], "a_z": a[:, 2],
+            "signal": self._draws("signal"),
+            "noise": self._draws("noise"),
+            "mean": self._draws("mean"),
+        })
+
+    def _invariants(self) -> dict[str, np.ndarray]:
+        post = self.idata.posterior
+        l = np.asarray(post["lengthscales"])
+        M = np.asarray(post["metric"])
+        inv = {f"l{i + 1}": l[..., i] for i in range(3)}
+        names = "xyz"
+        for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
+            inv[f"M_{names[i]}{names[j]}"] = M[..., i, j]
+        for k in ("signal", "noise", "mean"):
+            inv[k] = np.asarray(post[k])
+        return inv
+
+    # -- summaries ------------------------------------------------------------ #
+    def summary(self) -> pd.DataFrame:
+        """Invariants (sorted length-scales, metric entries, signal, noise, mean):
+        mean, sd, 5/50/95% quantiles, R-hat and bulk/tail ESS."""
+        if self._summary is None:
+            self._summary = diagnostics.invariant_summary(self._invariants())
+        return self._summary.copy()
+
+    def diagnostics(self) -> dict:
+        """Divergences, max R-hat / min ESS on invariants, E-BFMI, steps per draw, flags in words."""
+        return diagnostics.sampler_report(
+            self.idata, self.summary(), self.settings.get("wall_time_s")
+        )
+
+    def orientation(self, interval: float = 0.9, cone_level: float = 0.95) -> pd.DataFrame:
+        """One row per principal axis: length-scale median and interval, mean axial direction,
+        trend/plunge, credible-cone half-angle and a plain-words identifiability note."""
+        return orientation.orientation_table(
+            self._draws("lengthscales"), self._draws("axes"),
+            interval=interval, cone_level=cone_level, extent=np.ptp(self.X, axis=0),
+        )
+
+    def loo(self) -> dict:
+        return diagnostics.loo(self.idata)
+
+    # -- prediction ------------------------------------------------------------ #
+    def _thinned(self, num_draws: int):
+        S = self._draws("signal").shape[0]
+        idx = np.unique(np.linspace(0, S - 1, min(num_draws, S)).round().astype(int))
+        pick = {k: jnp.asarray(self._draws(k)[idx]) for k in ("A_std", "signal", "noise", "mean")}
+        pick["signal"] = pick["signal"] / self.std.y_sd
+        pick["noise"] = pick["noise"] / self.std.y_sd
+        pick["mean"] = (pick["mean"] - self.std.y_mean) / self.std.y_sd
+        return pick
+
+    def predict_draws(self, X_new, num_draws: int = 200):
+        """Per-draw Gaussian predictives at ``X_new`` in standardised units.
+
+        Returns ``(mu, var, noise_var)``: (S, P), (S, P) latent, (S,) noise variance.
+        """
+        X_new = check.coordinates(X_new, "X_new")
+        d = self._thinned(num_draws)
+        Xs, ys = self.std.x(self.X), self.std.y(self.y)
+        Xn = self.std.x(X_new)
+        base = self.settings["base"]
+        lm = self.settings.get("landmarks")
+
+        if lm is None:
+            def one(args):
+                A, s, e, m = args
+                Cov = _covariance(A, s, e, Xs, base)
+                Kx = kernels.gram_transformed(Xs @ A, Xn @ A, s**2, base)
+                mu, var = exact_predict(Cov, ys - m, Kx, jnp.full(Xn.shape[0], s**2))
+                return mu + m, var
+        else:
+            from aniso_gp.likelihoods import lowrank_predict
+
+            Xm = jnp.asarray(lm)
+            fitc = self.settings["likelihood"] == "fitc"
+
+            def one(args):
+                A, s, e, m = args
+                U, diag = _lowrank_parts(A, s, e, Xs, Xm, base, fitc)
+                from aniso_gp.models import nystrom_features
+
+                Un = nystrom_features(Xn @ A, Xm @ A, s**2, base)
+                mu, var = lowrank_predict(U, diag, ys - m, Un, jnp.full(Xn.shape[0], s**2),
+                                          fitc=fitc)
+                return mu + m, var
+
+        mu, var = jax.lax.map(jax.jit(one), (d["A_std"], d["signal"], d["noise"], d["mean"]),
+                              batch_size=8)
+        return mu, var, d["noise"] ** 2
+
+    def predict(self, X_new, return_std: bool = True, include_noise: bool = False,
+                num_draws: int = 200):
+        """Posterior predictive mean (and sd) at ``X_new`` (P, 3), mixing over thinned draws.
+
+        ``include_noise`` adds the observation noise (predicting new measurements
+        rather than the latent field).
+        """
+        mu, var, nv = self.predict_draws(X_new, num_draws)
+        if include_noise:
+            var = var + nv[:, None]
+        mean = jnp.mean(mu, axis=0)
+        total = jnp.mean(var + mu**2, axis=0) - mean**2
+        mean_u = np.asarray(mean) * self.std.y_sd + self.std.y_mean
+        if not return_std:
+            return mean_u
+        return mean_u, np.sqrt(np.maximum(np.asarray(total), 0.0)) * self.std.y_sd
+
+    def score(self, X_test, y_test, num_draws: int = 200) -> dict:
+        """Held-out RMSE, mean NLPD and 90% interval coverage of the predictive mixture."""
+        y_test = np.asarray(check.values(y_test, name="y_test"))
+        mu, var, nv = self.predict_draws(X_test, num_draws)
+        if y_test.shape[0] != mu.shape[1]:
+            raise ValueError("`y_test` and `X_test` have different numbers of points")
+        yt = self.std.y(y_test)
+        sd = jnp.sqrt(var + nv[:, None])
+        S = mu.shape[0]
+        logp = logsumexp(norm.logpdf(yt[None, :], mu, sd), axis=0) - math.log(S)
+        cdf = jnp.mean(norm.cdf((yt[None, :] - mu) / sd), axis=0)
+        mean_u = np.asarray(jnp.mean(mu, axis=0)) * self.std.y_sd + self.std.y_mean
+        return {
+            "rmse": float(np.sqrt(np.mean((mean_u - y_test) ** 2))),
+            "nlpd": float(-np.mean(np.asarray(logp)) + math.log(self.std.y_sd)),
+            "coverage90": float(np.mean((np.asarray(cdf) > 0.05) & (np.asarray(cdf) < 0.95))),
+        }
+
+    # -- persistence ------------------------------------------------------------ #
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write ``path/posterior.nc`` and ``path/settings.json``; never overwrites unless asked."""
+        path = Path(path)
+        files = (path / "posterior.nc", path / "settings.json")
+        if not overwrite and any(f.exists() for f in files):
+            raise FileExistsError(
+                f"{path} already holds a saved fit; pass overwrite=True to replace it"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "posterior.nc.partial"
+        diagnostics.to_netcdf(self.idata, tmp)
+        os.replace(tmp, files[0])
+        files[1].write_text(json.dumps(self.settings, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path) -> Fit:
+        path = Path(path)
+        nc, js = path / "posterior.nc", path / "settings.json"
+        for f in (nc, js):
+            if not f.exists():
+                raise FileNotFoundError(f"{f} not found: is {path} a directory written by Fit.save?")
+        settings = json.loads(js.read_text())
+        if settings.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(f"{js}: unsupported format_version {settings.get('format_version')}")
+        idata = diagnostics.from_netcdf(nc)
+        idata.load() if hasattr(idata, "load") else None
+        return cls(idata, settings)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"Fit(kernel={s['kernel']!r}, base={s['base']!r}, "
+                f"parameterization={s['parameterization']!r}, likelihood={s['likelihood']!r}, "
+                f"N={self.X.shape[0]}, chains={s['num_chains']}, draws={s['num_samples']})")
+
+
+def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) -> pd.DataFrame:
+    """Compare fits: LOO elpd (ArviZ) and, given held-out data, RMSE / NLPD / 90% coverage;
+    given a known ``truth`` (:class:`aniso_gp.datasets.Truth`), metric distances and
+    per-axis axial angle errors.
+
+    Args:
+        fits: dict name -> :class:`Fit` (or a list, named by kernel).
+    """
+    if not isinstance(fits, dict):
+        fits = {f"{f.kernel}" + (f"-{f.settings['parameterization']}" if f.kernel == "rotated"
+                                 else ""): f for f in fits}
+    if not fits:
+        raise ValueError("`fits` is empty")
+    if (X_test is None) != (y_test is None):
+        raise ValueError("give both `X_test` and `y_test`, or neither")
+    cmp = diagnostics.compare({k: f.idata for k, f in fits.items()})
+    rows = {}
+    for name, f in fits.items():
+        lo = f.loo()
+        row = {"elpd_loo": lo["elpd_loo"], "elpd_se": lo["se"], "p_loo": lo["p_loo"],
+               "max_pareto_k": lo["max_pareto_k"], "loo_rank": int(cmp.loc[name, "rank"]),
+               "elpd_diff": float(cmp.loc[name, "elpd_diff"])}
+        if X_test is not None:
+            row.update(f.score(X_test, y_test, num_draws))
+        if truth is not None:
+            row.update(orientation.metric_errors(f.metric_draws(), np.asarray(truth.metric)))
+            err = orientation.axis_errors(f._draws("axes"), np.asarray(truth.axes))
+            row.update({f"axis{i + 1}_err_deg": float(e) for i, e in enumerate(err)})
+        rep = f.diagnostics()
+        row.update({"max_r_hat": rep["max_r_hat"], "min_ess_bulk": rep["min_ess_bulk"],
+                    "divergences": rep["divergences"]})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").sort_values("loo_rank")

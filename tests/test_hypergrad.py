@@ -1,0 +1,392 @@
+"""Tests of aniso_gp.hypergrad: iHVP solvers, implicit hypergradients, GP applications.
+
+Oracles: dense ``numpy.linalg.solve`` for every iHVP; central finite differences
+of the outer loss through an exactly (densely) solved inner problem for the
+hypergradients; the Laplace log marginal with a tightly converged Newton mode
+for the Laplace-GP gradients. Sizes are small (n <= 200).
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from aniso_gp import hypergrad as hg
+from aniso_gp import kernels
+from aniso_gp.datasets import synthetic_field
+
+
+def _rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _central_fd(f, x, eps=1e-5):
+    x = jnp.asarray(x)
+    return np.array(
+        [(float(f(x.at[i].add(eps))) - float(f(x.at[i].add(-eps)))) / (2 * eps) for i in range(x.size)]
+    )
+
+
+# --------------------------------------------------------------------------- #
+# iHVP solvers against a dense solve
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def spd_system():
+    rng = np.random.default_rng(0)
+    n = 50
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    # Decaying spectrum (like a kernel matrix) plus a floor (the noise variance).
+    eig = 10.0 * np.exp(-np.arange(n) / 4.0) + 0.05
+    H = jnp.asarray((Q * eig) @ Q.T)
+    b = jnp.asarray(rng.standard_normal(n))
+    return H, b, np.linalg.solve(np.asarray(H), np.asarray(b)), float(eig.max())
+
+
+@pytest.mark.parametrize(
+    "solver, tol",
+    [
+        (hg.Exact(), 1e-12),
+        (hg.CG(500, 1e-12), 1e-9),
+        (hg.NystromPCG(20, 200, 1e-12), 1e-9),
+        (hg.NystromPCG(20, 200, 1e-12, sketch="coordinates"), 1e-9),
+        (hg.SpectralReuse(20, tol=1e-12), 1e-9),
+        (hg.Nystrom(50, 1e-9), 1e-6),
+        (hg.Nystrom(50, 1e-9, sketch="gaussian"), 1e-6),
+        ("neumann", 1e-8),
+        ("auto", 1e-12),
+    ],
+    ids=lambda v: v if isinstance(v, str) else getattr(v, "name", None),
+)
+def test_ihvp_matches_dense_solve(spd_system, solver, tol):
+    H, b, ref, lmax = spd_system
+    if solver == "neumann":
+        # Contraction 1 - lr lambda_min = 1 - 0.05/10: 8,000 terms reach ~1e-17.
+        solver = hg.Neumann(8000, 1.0 / lmax)
+    x, info = hg.solve_ihvp(solver, lambda v: H @ v, b)
+    assert _rel(x, ref) < tol
+    assert float(info.residual_norm) < 100 * tol
+    assert int(info.matvecs) >= 0
+
+
+def test_ihvp_matvec_accounting(spd_system):
+    H, b, _, _ = spd_system
+    mv = lambda v: H @ v
+    assert int(hg.solve_ihvp(hg.Exact(), mv, b)[1].matvecs) == 50  # H formed from 50 HVPs
+    assert int(hg.solve_ihvp(hg.Exact(), mv, b, matrix=H)[1].matvecs) == 0
+    assert int(hg.solve_ihvp(hg.Nystrom(7, 0.1), mv, b)[1].matvecs) == 8  # sketch + residual
+    _, info = hg.solve_ihvp(hg.CG(500, 1e-10), mv, b)
+    assert int(info.matvecs) == int(info.iterations) + 1
+    _, info = hg.solve_ihvp(hg.NystromPCG(10, 500, 1e-10), mv, b)
+    assert int(info.matvecs) == 10 + int(info.iterations) + 1
+
+
+def test_nystrom_full_rank_tends_to_exact(spd_system):
+    """k = n and rho -> 0: the damped Nystrom iHVP converges to H^{-1} b (error ~ rho/lambda_min)."""
+    H, b, ref, _ = spd_system
+    errs = [
+        _rel(hg.solve_ihvp(hg.Nystrom(50, rho, sketch=sk), lambda v: H @ v, b)[0], ref)
+        for sk in ("coordinates", "gaussian")
+        for rho in (1e-3, 1e-6, 1e-10)
+    ]
+    for e in (errs[:3], errs[3:]):
+        assert e[0] > e[1] > e[2]
+        assert e[2] < 1e-7
+        assert e[0] < 0.05  # rho / lambda_min = 1e-3 / 0.05
+
+
+def test_nystrom_small_rho_is_stable_at_partial_rank(spd_system):
+    """The eigen-form stays finite and equals the dense (H_k + rho I)^{-1} b for tiny rho."""
+    H, b, _, _ = spd_system
+    mv = lambda v: H @ v
+    U, lam = hg.hessian_nystrom(mv, 50, 20, key=jax.random.PRNGKey(3))
+    rho = 1e-12
+    Hk = np.asarray(U) @ np.diag(np.asarray(lam)) @ np.asarray(U).T
+    x, _ = hg.solve_ihvp(hg.Nystrom(20, rho), mv, b, key=jax.random.PRNGKey(3))
+    assert np.all(np.isfinite(np.asarray(x)))
+    # (H_k + rho I) has condition ~1e13, so judge by the backward error: the
+    # eigen-form solves it to round-off, where a 1/rho^2 Woodbury would not.
+    residual = (Hk + rho * np.eye(50)) @ np.asarray(x) - np.asarray(b)
+    assert np.linalg.norm(residual) / np.linalg.norm(b) < 1e-10
+
+
+def test_nystrom_known_shift_is_exact_at_full_rank(spd_system):
+    H, b, ref, _ = spd_system
+    mv = lambda v: H @ v
+    # H = A + 0.05 I: with the shift known and k = n the result is (H + rho I)^{-1} b.
+    x, _ = hg.solve_ihvp(hg.Nystrom(50, 1e-12), mv, b, shift=0.05)
+    assert _rel(x, ref) < 1e-8
+
+
+# --------------------------------------------------------------------------- #
+# Generic implicit differentiation
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def ridge():
+    rng = np.random.default_rng(1)
+    d = 12
+    X = jnp.asarray(rng.standard_normal((60, d)))
+    Xv = jnp.asarray(rng.standard_normal((30, d)))
+    w_true = rng.standard_normal(d)
+    y = X @ w_true + 0.3 * jnp.asarray(rng.standard_normal(60))
+    yv = Xv @ w_true + 0.3 * jnp.asarray(rng.standard_normal(30))
+
+    def inner(w, h):
+        # Pytrees on both sides: w = {"coef", "bias"}, h = {"log_decay" (d,), "log_bias_decay"}.
+        r = X @ w["coef"] + w["bias"] - y
+        return 0.5 * jnp.sum(r**2) + 0.5 * jnp.sum(jnp.exp(h["log_decay"]) * w["coef"] ** 2) + (
+            0.5 * jnp.exp(h["log_bias_decay"]) * w["bias"] ** 2
+        )
+
+    def outer(w, h):
+        return 0.5 * jnp.mean((Xv @ w["coef"] + w["bias"] - yv) ** 2) + 1e-3 * jnp.sum(
+            h["log_decay"] ** 2
+        )
+
+    def solve(h):
+        # Exact inner minimiser: normal equations of the augmented design.
+        A = jnp.concatenate([X, jnp.ones((60, 1))], axis=1)
+        D = jnp.concatenate([jnp.exp(h["log_decay"]), jnp.exp(h["log_bias_decay"])[None]])
+        theta = jnp.linalg.solve(A.T @ A + jnp.diag(D), A.T @ y)
+        return {"coef": theta[:d], "bias": theta[d]}
+
+    h = {"log_decay": jnp.linspace(-1.0, 2.0, d), "log_bias_decay": jnp.asarray(0.5)}
+    flat, unravel = ravel_pytree(h)
+    fd = _central_fd(jax.jit(lambda x: outer(solve(unravel(x)), unravel(x))), flat)
+    return inner, outer, solve, h, fd
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [hg.Exact(), hg.CG(200, 1e-13), hg.NystromPCG(6, 200, 1e-13), hg.SpectralReuse(6, tol=1e-13)],
+    ids=lambda s: s.name,
+)
+def test_implicit_grad_matches_finite_differences(ridge, solver):
+    inner, outer, solve, h, fd = ridge
+    g, info = hg.implicit_grad(inner, outer, solve(h), h, solver)
+    assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(h)
+    assert _rel(ravel_pytree(g)[0], fd) < 1e-5
+    assert float(info.residual_norm) < 1e-10
+
+
+def test_implicit_grad_approximate_solvers_are_close(ridge):
+    inner, outer, solve, h, fd = ridge
+    g, info = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(13, 1e-8))
+    assert _rel(ravel_pytree(g)[0], fd) < 1e-5  # k = n: exact up to rho
+    g, info = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(5, 1.0))
+    assert _rel(ravel_pytree(g)[0], fd) < 1.0  # biased but informative
+    assert float(info.residual_norm) > 1e-6
+
+
+def test_implicit_solution_under_jit_grad(ridge):
+    inner, outer, solve, h, fd = ridge
+    sol = hg.implicit_solution(
+        lambda hh, scale: solve(hh), lambda w, hh, scale: scale * inner(w, hh), hg.CG(200, 1e-13)
+    )
+
+    def objective(hh):
+        return outer(sol(hh, 2.0), hh)
+
+    g = jax.jit(jax.grad(objective))(h)
+    assert _rel(ravel_pytree(g)[0], fd) < 1e-5
+    # The info sink carries the iHVP record out of the backward pass.
+    _, sink_grad = jax.jit(
+        jax.grad(lambda hh, s: outer(sol.with_sink(hh, s, 2.0), hh), argnums=(0, 1))
+    )(h, sol.sink())
+    info = hg.ImplicitSolution.info(sink_grad)
+    assert int(info.matvecs) == int(info.iterations) + 1 > 1
+    assert float(info.residual_norm) < 1e-12
+
+
+def test_spectral_reuse_saves_sketches_and_refreshes_on_drift():
+    rng = np.random.default_rng(2)
+    n = 80
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eig = 50.0 * np.exp(-np.arange(n) / 5.0)
+    b = jnp.asarray(rng.standard_normal(n))
+    reuse = hg.SpectralReuse(25, tau=0.3, tol=1e-10)
+    state = reuse.init(n)
+
+    @jax.jit
+    def step(state, angle, key):
+        # A slowly rotating kernel-like operator A(t) + 0.01 I.
+        G = jnp.asarray(np.triu(rng.standard_normal((n, n)), 1))
+        R = jax.scipy.linalg.expm(angle * (G - G.T) / n)
+        A = (R @ jnp.asarray(Q)) * jnp.asarray(eig) @ (R @ jnp.asarray(Q)).T
+        H = A + 0.01 * jnp.eye(n)
+        x, info, state = hg.solve_ihvp(reuse, lambda v: H @ v, b, shift=0.01, state=state, key=key)
+        return x, info, state, jnp.linalg.solve(H, b)
+
+    for t in range(6):
+        x, info, state, ref = step(state, 0.002 * t, jax.random.PRNGKey(t))
+        assert _rel(x, ref) < 1e-8
+    assert int(state.refreshes) == 1  # only the first sketch
+    assert int(state.matvecs_saved) == 5 * (25 - 8)
+    x, info, state, ref = step(state, 3.0, jax.random.PRNGKey(9))  # a large jump
+    assert int(state.refreshes) == 2
+    assert _rel(x, ref) < 1e-8
+
+
+# --------------------------------------------------------------------------- #
+# GP validation-loss hypergradients
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def gp_problem():
+    fld = synthetic_field(100, [0.5, 0.3, 0.15], [0.3, -0.2, 0.5], noise_sd=0.1, seed=1)
+    tr, va = fld.split(0.25, seed=0)
+    Xt, yt, Xv, yv = (jnp.asarray(a) for a in (tr.X, tr.y, va.X, va.y))
+    theta = {
+        "log_lengthscales": jnp.log(jnp.array([0.4, 0.3, 0.2])),
+        "axis_angle": jnp.array([0.2, -0.1, 0.4]),
+        "log_signal": jnp.asarray(0.1),
+        "log_noise": jnp.asarray(np.log(0.15)),
+    }
+    flat, unravel = ravel_pytree(theta)
+
+    def exact_loss(x, objective):
+        p, s2 = hg.gp_params(unravel(x), "rotated")
+        H = kernels.gram(Xt, Xt, p) + s2 * jnp.eye(yt.shape[0])
+        Kvt = kernels.gram(Xv, Xt, p)
+        mu = Kvt @ jnp.linalg.solve(H, yt)
+        if objective == "mse":
+            return jnp.mean((mu - yv) ** 2)
+        var = p["variance"] + s2 - jnp.sum(Kvt * jnp.linalg.solve(H, Kvt.T).T, axis=1)
+        return 0.5 * jnp.mean(jnp.log(2 * jnp.pi * var) + (yv - mu) ** 2 / var)
+
+    fd = {o: _central_fd(jax.jit(lambda x, o=o: exact_loss(x, o)), flat) for o in ("mse", "nlpd")}
+    exact = {o: float(exact_loss(flat, o)) for o in ("mse", "nlpd")}
+    return (Xt, yt, Xv, yv), theta, fd, exact
+
+
+@pytest.mark.parametrize(
+    "solver, objective",
+    [
+        (hg.Exact(), "mse"),
+        (hg.CG(2000, 1e-12), "mse"),
+        (hg.NystromPCG(30, 500, 1e-12), "mse"),
+        (hg.Exact(), "nlpd"),
+        (hg.NystromPCG(30, 500, 1e-12), "nlpd"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.name,
+)
+def test_gp_hypergradient_matches_finite_differences(gp_problem, solver, objective):
+    data, theta, fd, exact = gp_problem
+    loss, grad, metrics = hg.validation_hypergradient(theta, *data, solver=solver, objective=objective)
+    assert float(loss) == pytest.approx(exact[objective], rel=1e-10)
+    assert _rel(ravel_pytree(grad)[0], fd[objective]) < 1e-5
+    assert metrics["residual"] < 1e-10
+
+
+def test_kernel_apply_blocked_matches_dense():
+    rng = np.random.default_rng(4)
+    X1, X2 = jnp.asarray(rng.uniform(size=(37, 3))), jnp.asarray(rng.uniform(size=(29, 3)))
+    params = {"lengthscales": jnp.array([0.3, 0.2, 0.5]), "axis_angle": jnp.array([0.1, 0.2, 0.3])}
+    V = jnp.asarray(rng.standard_normal((29, 2)))
+    dense = kernels.gram(X1, X2, params, "matern32") @ V
+    blocked = hg.kernel_apply(X1, X2, params, "matern32", V, block=8)
+    np.testing.assert_allclose(blocked, dense, rtol=1e-12, atol=1e-12)
+
+
+def test_optimize_hyperparameters_reduces_validation_loss():
+    fld = synthetic_field(110, [0.5, 0.3, 0.15], [0.3, -0.2, 0.5], noise_sd=0.1, seed=2)
+    tr, va = fld.split(0.25, seed=0)
+    params, hist = hg.optimize_hyperparameters(
+        tr.X, tr.y, va.X, va.y, solver=hg.SpectralReuse(30, tol=1e-10), objective="mse", steps=12
+    )
+    assert len(hist) == 12
+    for col in ("val_loss", "total_matvecs", "residual", "refreshed", "staleness", "grad_norm"):
+        assert col in hist.columns
+    assert params["val_loss"] < hist["val_loss"].iloc[0]
+    assert hist["residual"].max() < 1e-8
+    assert hist["refreshed"].iloc[0] == 1 and hist["refreshed"].sum() < 12
+    assert params["lengthscales"].shape == (3,) and params["axis_angle"].shape == (3,)
+    assert params["noise_variance"] > 0 and params["variance"] > 0
+
+
+def test_optimize_hyperparameters_ard_nlpd_pandas_inputs():
+    import pandas as pd
+
+    fld = synthetic_field(80, [0.4, 0.3, 0.2], [0.0, 0.0, 0.0], noise_sd=0.1, seed=3)
+    tr, va = fld.split(0.25, seed=1)
+    params, hist = hg.optimize_hyperparameters(
+        pd.DataFrame(tr.X, columns=list("xyz")), pd.Series(tr.y), va.X, va.y,
+        kernel="ard", objective="nlpd", steps=8, learning_rate=0.05,
+    )
+    assert "axis_angle" not in params
+    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
+    assert (hist["total_matvecs"] == 0).all()  # "auto" is a dense Cholesky at this size
+
+
+# --------------------------------------------------------------------------- #
+# Laplace GP
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("likelihood", ["poisson", "student_t"])
+def test_laplace_gradient_matches_finite_differences(likelihood):
+    rng = np.random.default_rng(5)
+    X = rng.uniform(size=(25, 3))
+    f = np.sin(3 * X[:, 0]) + 0.5 * X[:, 1]
+    if likelihood == "poisson":
+        y, lik = rng.poisson(np.exp(f)).astype(float), {}
+    else:
+        y, lik = f + 0.2 * rng.standard_t(3, 25), {"df": jnp.asarray(4.0), "scale": jnp.asarray(0.3)}
+    theta = {
+        "kernel": {
+            "lengthscales": jnp.array([0.5, 0.4, 0.3]),
+            "axis_angle": jnp.array([0.1, 0.2, -0.3]),
+            "variance": jnp.asarray(1.2),
+        },
+        "mean": jnp.asarray(0.3),
+        "likelihood": lik,
+    }
+    mode = hg.laplace_mode(theta, X, y, likelihood, base="matern52")
+    assert bool(mode.converged)
+    flat, unravel = ravel_pytree(theta)
+    value = jax.jit(lambda x: hg.laplace_log_marginal(unravel(x), X, y, likelihood, "matern52"))
+    fd = _central_fd(value, flat)
+    v, g, info = hg.laplace_value_and_grad(
+        theta, X, y, likelihood, "matern52", solver=hg.NystromPCG(10, 200, 1e-12)
+    )
+    assert float(v) == pytest.approx(float(value(flat)), rel=1e-12)
+    assert _rel(ravel_pytree(g)[0], fd) < 1e-5
+    assert float(info.residual_norm) < 1e-10 and int(info.matvecs) > 10
+
+
+# --------------------------------------------------------------------------- #
+# Clear errors
+# --------------------------------------------------------------------------- #
+def test_errors_name_the_problem(spd_system, ridge):
+    H, b, _, _ = spd_system
+    mv = lambda v: H @ v
+    with pytest.raises(ValueError, match="rank.*exceeds the dimension"):
+        hg.solve_ihvp(hg.Nystrom(51, 0.1), mv, b)
+    with pytest.raises(ValueError, match="rank.*exceeds the dimension"):
+        hg.solve_ihvp(hg.NystromPCG(60), mv, b)
+    with pytest.raises(ValueError, match="`rho` must be finite and strictly positive"):
+        hg.Nystrom(5, 0.0)
+    with pytest.raises(ValueError, match="`rho`"):
+        hg.Nystrom(5, -1e-3)
+    with pytest.raises(ValueError, match="`tol` must be in"):
+        hg.CG(10, 1.5)
+    with pytest.raises(ValueError, match="`sketch`"):
+        hg.Nystrom(5, 0.1, sketch="sobol")
+    with pytest.raises(ValueError, match="`solver` must be 'auto'"):
+        hg.solve_ihvp("dense", mv, b)
+    with pytest.raises(ValueError, match="`probes`"):
+        hg.SpectralReuse(5, probes=1)
+
+    inner, outer, solve, h, _ = ridge
+
+    def bad_inner(w, hh):  # sqrt of a negative number: NaN curvature
+        return inner(w, hh) + jnp.sum(jnp.sqrt(w["coef"] - 100.0))
+
+    for solver in (hg.Exact(), hg.CG(50, 1e-8), hg.Nystrom(4, 0.1), hg.NystromPCG(4)):
+        with pytest.raises(ValueError, match="non-finite Hessian-vector products|not finite"):
+            hg.implicit_grad(bad_inner, outer, solve(h), h, solver)
+    with pytest.raises(ValueError, match="likelihood"):
+        hg.laplace_mode({"kernel": {"lengthscales": jnp.ones(3)}}, np.zeros((3, 3)), np.zeros(3), "gamma")
+    with pytest.raises(ValueError, match="counts"):
+        hg.laplace_mode(
+            {"kernel": {"lengthscales": jnp.ones(3)}}, np.eye(3), np.array([0.5, 1.0, 2.0])
+        )
