@@ -16,12 +16,13 @@ BASES = ("rbf", "matern12", "matern32", "matern52")
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
+    kind = type(x).__name__  # before the pandas conversion, so the message names it
     if hasattr(x, "to_numpy"):  # pandas DataFrame / Series
         x = x.to_numpy()
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"`{name}` must be numeric array-like; got {type(x).__name__}") from err
+        raise ValueError(f"`{name}` must be numeric array-like; got {kind}") from err
     return arr
 
 

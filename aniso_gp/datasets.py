@@ -83,7 +83,7 @@ def design_points(n: int, design: str = "uniform", extent: float = 1.0, seed: in
     if int(n) != n or n < 2:
         raise ValueError(f"`n` must be an integer >= 2; got {n!r}")
     extent = check.positive_scalar(extent, "extent")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 0])
     if design == "uniform":
         return rng.uniform(0.0, extent, size=(n, 3))
     k = int(round(n ** (1 / 3)))
@@ -125,15 +125,16 @@ def synthetic_field(
     params = {"lengthscales": jnp.asarray(l), "axis_angle": jnp.asarray(a), "variance": variance}
     K = kernels.gram(jnp.asarray(X), jnp.asarray(X), params, base)
     L, _ = checked_cholesky(K, "synthetic field's kernel matrix")
-    rng = np.random.default_rng(seed + 1)
-    f = np.asarray(L @ rng.standard_normal(n))
+    # Independent streams for the design ([seed, 0]) and the field ([seed, 1]).
+    rng = np.random.default_rng([seed, 1])
+    f = np.array(L @ rng.standard_normal(n))
     y = f + noise_sd * rng.standard_normal(n)
-    lc, ac = (np.asarray(v) for v in so3.canonicalize(l, a))
+    lc, ac = (np.array(v) for v in so3.canonicalize(l, a))
     truth = Truth(
         lengthscales=lc,
         axis_angle=ac,
-        metric=np.asarray(so3.metric(l, a)),
-        axes=np.asarray(so3.exp(ac)),
+        metric=np.array(so3.metric(l, a)),
+        axes=np.array(so3.exp(ac)),
         variance=variance,
         noise_sd=noise_sd,
         base=base,

@@ -434,8 +434,9 @@ def _require(x, ok, message: str):
 
 def _nonfinite_hvp_message(where: str) -> str:
     return (
-        f"non-finite Hessian-vector products in {where}: H v returned NaN or inf. The inner"
-        " loss is not twice differentiable at w_star, or w_star/h hold NaN or inf"
+        f"non-finite Hessian-vector products in {where}: H v returned NaN or inf (the inner"
+        " loss is not twice differentiable at w_star, or w_star/h hold NaN or inf), or the"
+        " sketched operator is not positive semi-definite (w_star is not a minimum)"
     )
 
 
@@ -987,13 +988,17 @@ def _solve_columns(plan, B, X0):
     return X, _info(jnp.sum(info.matvecs), jnp.max(info.residual_norm), jnp.max(info.iterations))
 
 
+@functools.partial(
+    jax.jit, static_argnames=("kernel", "base", "objective", "solver", "inner", "block")
+)
 def _gp_hypergrad_step(
-    theta, carry, key, *, Xt, yt, Xv, yv, kernel, base, objective, solver, inner, block, warm
+    theta, carry, key, Xt, yt, Xv, yv, *, kernel, base, objective, solver, inner, block
 ):
-    """One outer step: inner solve, iHVP and hypergradient (pure; jitted by the caller).
+    """One outer step: inner solve, iHVP and hypergradient (pure, compiled once per config).
 
-    ``carry`` = (reuse state or None, previous w*, previous V, previous u) for warm starts.
-    Returns ``(val_loss, grad, carry, metrics)``.
+    ``carry`` = (reuse state or None, w0, V0 or None, u0): warm starts for the
+    CG-type solves (zeros for a cold start; PCG then starts from 0 and the check
+    costs one HVP). Returns ``(val_loss, grad, carry, metrics)``.
     """
     state, w_prev, V_prev, u_prev = carry
     n = Xt.shape[0]
@@ -1018,11 +1023,10 @@ def _gp_hypergrad_step(
     k_inner, k_ihvp = jax.random.split(key)
     plan = _make_plan(inner, matvec, n, s2, dense_H, k_inner, state)
     shared = inner is solver
-    x0w = w_prev if warm else None
-    w, info_w = plan.solve(yt, x0w)
+    w, info_w = plan.solve(yt, w_prev)
     if objective == "nlpd":
         Ktv = kernels.gram(Xt, Xv, params, base)  # (n, m): needed whole, as V is
-        V, info_v = _solve_columns(plan, Ktv, V_prev if warm else None)
+        V, info_v = _solve_columns(plan, Ktv, V_prev)
     else:
         V, info_v = None, _info(0, 0.0)
 
@@ -1042,7 +1046,7 @@ def _gp_hypergrad_step(
 
     loss, g_w = jax.value_and_grad(val_loss)(w, theta)
     if shared:
-        u, info_u = plan.solve(g_w, u_prev if warm else None)
+        u, info_u = plan.solve(g_w, u_prev)
         new_state = plan.state
     else:
         u, info_u = solve_ihvp(solver, matvec, g_w, shift=s2, key=k_ihvp)
@@ -1121,28 +1125,21 @@ def validation_hypergradient(
     if isinstance(solver, (Nystrom, NystromPCG, SpectralReuse)):
         _check_rank(solver.rank, n)
     inner = _inner_solver_for(solver, n, matrix_free)
-    carry = (
-        inner.init(n) if isinstance(inner, SpectralReuse) else None,
-        None,
-        None,
-        None,
-    )
-    step = functools.partial(
-        _gp_hypergrad_step,
-        Xt=Xt,
-        yt=yt,
-        Xv=Xv,
-        yv=yv,
-        kernel=kernel,
-        base=base,
-        objective=objective,
-        solver=solver,
-        inner=inner,
+    carry = _cold_carry(inner, n, Xv.shape[0], objective)
+    loss, grad, _, metrics = _gp_hypergrad_step(
+        _strong(theta), carry, jax.random.PRNGKey(seed), Xt, yt, Xv, yv,
+        kernel=kernel, base=base, objective=objective, solver=solver, inner=inner,
         block=_BLOCK if matrix_free else None,
-        warm=False,
     )
-    loss, grad, _, metrics = jax.jit(step)(theta, carry, jax.random.PRNGKey(seed))
     return loss, grad, _metrics_row(metrics)
+
+
+def _cold_carry(inner, n: int, m: int, objective: str, state=None):
+    """Zero warm starts (and a fresh reuse state unless one is passed on)."""
+    if state is None and isinstance(inner, SpectralReuse):
+        state = inner.init(n)
+    V0 = jnp.zeros((n, m)) if objective == "nlpd" else None
+    return (state, jnp.zeros(n), V0, jnp.zeros(n))
 
 
 def _metrics_row(metrics: dict) -> dict:
@@ -1233,33 +1230,17 @@ def optimize_hyperparameters(
     inner = _inner_solver_for(solver, n, matrix_free)
     theta = _initial_theta(Xt, kernel, init, y_sd)
 
-    step_fn = jax.jit(
-        lambda th, carry, key: _gp_hypergrad_step(
-            th,
-            carry,
-            key,
-            Xt=Xt,
-            yt=yt,
-            Xv=Xv,
-            yv=yv,
-            kernel=kernel,
-            base=base,
-            objective=objective,
-            solver=solver,
-            inner=inner,
-            block=block,
-            warm=warm_start,
+    def step_fn(th, carry, key):
+        # Data positional, as in validation_hypergradient: one compiled step serves both.
+        return _gp_hypergrad_step(
+            th, carry, key, Xt, yt, Xv, yv, kernel=kernel, base=base, objective=objective,
+            solver=solver, inner=inner, block=block,
         )
-    )
+
     opt = optax.adam(learning_rate)
     opt_state = opt.init(theta)
     m = Xv.shape[0]
-    carry = (
-        inner.init(n) if isinstance(inner, SpectralReuse) else None,
-        jnp.zeros(n),
-        jnp.zeros((n, m)) if objective == "nlpd" else None,
-        jnp.zeros(n),
-    )
+    carry = _cold_carry(inner, n, m, objective)
     base_key = jax.random.PRNGKey(seed)
     # Loss offsets from standardised to user units.
     to_user = (lambda v: v * float(y_sd) ** 2) if objective == "mse" else (
@@ -1268,6 +1249,8 @@ def optimize_hyperparameters(
     rows = []
     for step in range(steps):
         t0 = time.perf_counter()
+        if not warm_start:
+            carry = _cold_carry(inner, n, m, objective, state=carry[0])
         loss, grad, carry, metrics = step_fn(theta, carry, jax.random.fold_in(base_key, step))
         grad = _require(grad, _all_finite(grad), f"non-finite hypergradient at step {step}")
         updates, opt_state = opt.update(grad, opt_state, theta)
@@ -1363,8 +1346,8 @@ class LaplaceMode(NamedTuple):
 
 
 def _newton_whitened(likelihood, h, y, max_iter: int, tol: float):
-    r"""Newton on ``Psi(z)`` with ``W`` clipped at 0 (a descent direction even where the
-    Student-t likelihood is not log-concave) and Armijo backtracking."""
+    r"""Newton on ``Psi(z)`` with Armijo backtracking; where the Student-t likelihood
+    makes the Hessian indefinite, ``W`` is clipped at 0 for that step."""
     loss = _whitened_loss(likelihood)
     L = h["L"]
     n = L.shape[0]
@@ -1374,48 +1357,62 @@ def _newton_whitened(likelihood, h, y, max_iter: int, tol: float):
         return loss(z, h, y)
 
     def cond(state):
-        it, _, _, gnorm = state
-        return (it < max_iter) & (gnorm > tol)
+        it, _, _, _, go_on = state
+        return (it < max_iter) & go_on
 
     def body(state):
-        it, z, val, _ = state
+        it, z, val, gnorm_prev, _ = state
         g = jax.grad(psi)(z)
-        W = jnp.maximum(_neg_curvature(likelihood, y, h["mean"] + matmul(L, z), h["lik"]), 0.0)
-        # I + L^T W L has every eigenvalue >= 1: a plain Cholesky needs no jitter.
-        B = eye + matmul(L.T * W, L)
-        d = cho_solve((jnp.linalg.cholesky(B), True), g)
+        W = _neg_curvature(likelihood, y, h["mean"] + matmul(L, z), h["lik"])
+        # The true Hessian where it is positive definite (always near a mode:
+        # quadratic convergence); else W clipped at 0, whose I + L^T W+ L has every
+        # eigenvalue >= 1 (a descent direction, no jitter needed).
+        C = jnp.linalg.cholesky(eye + matmul(L.T * W, L))
+        C = jax.lax.cond(
+            _all_finite(C),
+            lambda: C,
+            lambda: jnp.linalg.cholesky(eye + matmul(L.T * jnp.maximum(W, 0.0), L)),
+        )
+        d = cho_solve((C, True), g)
         slope = jnp.dot(g, d)
+        # Round-off slack: at the mode Psi cannot resolve decreases below eps |Psi|.
+        slack = 1e-14 * jnp.abs(val)
 
         def ls_cond(s):
             a, v = s
-            return (v > val - 1e-4 * a * slope) & (a > 1e-10)
+            return (v > val - 1e-4 * a * slope + slack) & (a > 1e-10)
 
         def ls_body(s):
             a, _ = s
             return 0.5 * a, psi(z - 0.5 * a * d)
 
         a, v = jax.lax.while_loop(ls_cond, ls_body, (1.0, psi(z - d)))
-        z_new = jnp.where(v <= val, z - a * d, z)
+        z_new = jnp.where(v <= val + slack, z - a * d, z)
         g_new = jax.grad(psi)(z_new)
-        return it + 1, z_new, jnp.minimum(v, val), jnp.max(jnp.abs(g_new))
+        gnorm = jnp.max(jnp.abs(g_new))
+        # One Newton step past the tolerance: quadratic convergence takes the mode
+        # to round-off, so that the log-determinant (first order in the mode) and
+        # finite differences of it are not limited by `tol`.
+        return it + 1, z_new, jnp.minimum(v, val), gnorm, gnorm_prev > tol
 
     z0 = jnp.zeros(n, dtype=L.dtype)
-    g0 = jax.grad(psi)(z0)
-    it, z, _, gnorm = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0, jnp.int32), z0, psi(z0), jnp.max(jnp.abs(g0)))
-    )
+    g0 = jnp.max(jnp.abs(jax.grad(psi)(z0)))
+    init = (jnp.asarray(0, jnp.int32), z0, psi(z0), g0, jnp.asarray(True))
+    it, z, _, gnorm, _ = jax.lax.while_loop(cond, body, init)
     return z, it, gnorm
 
 
-def _laplace_setup(theta, X, y, likelihood, base):
+def _laplace_check(theta, X, y, likelihood, base, max_iter):
+    """Eager input checks; returns coerced ``X`` (N, 3) and ``y`` (N,)."""
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"`likelihood` must be one of {LIKELIHOODS}; got {likelihood!r}")
     X = check.coordinates(X, "X", min_points=2)
     y = check.values(y, X.shape[0], "y")
-    base = check.base_name(base)
+    check.base_name(base)
+    _positive_int(max_iter, "max_iter")
     if not isinstance(theta, dict) or "kernel" not in theta:
         raise ValueError('`theta` must be a dict {"kernel": {...}, "mean": m, "likelihood": {...}}')
-    lik = dict(theta.get("likelihood", {}))
+    lik = theta.get("likelihood", {})
     if likelihood == "student_t":
         for name in ("df", "scale"):
             if name not in lik:
@@ -1426,11 +1423,29 @@ def _laplace_setup(theta, X, y, likelihood, base):
         yn = np.asarray(y)
         if np.any(yn < 0) or np.any(yn != np.round(yn)):
             raise ValueError("poisson likelihood needs non-negative integer counts `y`")
+    return X, y
+
+
+def _laplace_prior(theta, X, base):
+    """``h = {"L": chol K, "mean", "lik"}``: everything the whitened inner problem depends on."""
     K = kernels.gram(X, X, theta["kernel"], base)
-    L, _ = dense.cholesky(K)
+    # dense.cholesky's jitter, with a tangent rule that reverse mode can use.
+    L = nystrom.jittered_cholesky(K)
     L = _require(L, _all_finite(L), "the prior kernel matrix is not positive definite")
-    h = {"L": L, "mean": jnp.asarray(theta.get("mean", 0.0), jnp.float64), "lik": lik}
-    return h, y
+    lik = dict(theta.get("likelihood", {}))
+    return {"L": L, "mean": jnp.asarray(theta.get("mean", 0.0), jnp.float64), "lik": lik}
+
+
+_LAPLACE_STATIC = ("likelihood", "base", "max_iter", "tol")
+
+
+@functools.partial(jax.jit, static_argnames=_LAPLACE_STATIC)
+def _laplace_mode_jit(theta, X, y, likelihood, base, max_iter, tol):
+    h = _laplace_prior(theta, X, base)
+    z, it, gnorm = _newton_whitened(likelihood, h, y, max_iter, tol)
+    f = h["mean"] + matmul(h["L"], z)
+    W = _neg_curvature(likelihood, y, f, h["lik"])
+    return LaplaceMode(f, z, W, it, gnorm, gnorm <= tol)
 
 
 def laplace_mode(
@@ -1458,15 +1473,14 @@ def laplace_mode(
         base: kernel base.
         max_iter, tol: Newton cap and max-norm gradient tolerance.
     """
-    h, y = _laplace_setup(theta, X, y, likelihood, base)
-    z, it, gnorm = _newton_whitened(likelihood, h, y, _positive_int(max_iter, "max_iter"), tol)
-    f = h["mean"] + matmul(h["L"], z)
-    W = _neg_curvature(likelihood, y, f, h["lik"])
-    return LaplaceMode(f, z, W, it, gnorm, gnorm <= tol)
+    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
+    return _laplace_mode_jit(
+        theta, X, y, likelihood=likelihood, base=base, max_iter=max_iter, tol=float(tol)
+    )
 
 
-def _laplace_objective(theta, X, y, likelihood, base, solver, max_iter, tol, sink):
-    h, y = _laplace_setup(theta, X, y, likelihood, base)
+def _laplace_objective(theta, X, y, sink, likelihood, base, solver, max_iter, tol):
+    h = _laplace_prior(theta, X, base)
     loss = _whitened_loss(likelihood)
     sol = implicit_solution(
         lambda hh, yy: _newton_whitened(likelihood, hh, yy, max_iter, tol)[0], loss, solver
@@ -1480,6 +1494,20 @@ def _laplace_objective(theta, X, y, likelihood, base, solver, max_iter, tol, sin
     # factorisation means no Laplace approximation exists there, reported as NaN.
     logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(jnp.linalg.cholesky(0.5 * (B + B.T)))))
     return log_likelihood(likelihood, y, f, h["lik"]) - 0.5 * jnp.dot(z, z) - 0.5 * logdet
+
+
+@functools.partial(jax.jit, static_argnames=_LAPLACE_STATIC + ("solver",))
+def _laplace_objective_jit(theta, X, y, likelihood, base, solver, max_iter, tol):
+    sink = ImplicitSolution.sink()
+    return _laplace_objective(theta, X, y, sink, likelihood, base, solver, max_iter, tol)
+
+
+@functools.partial(jax.jit, static_argnames=_LAPLACE_STATIC + ("solver",))
+def _laplace_value_and_grad_jit(theta, X, y, likelihood, base, solver, max_iter, tol):
+    def objective(th, sink):
+        return _laplace_objective(th, X, y, sink, likelihood, base, solver, max_iter, tol)
+
+    return jax.value_and_grad(objective, argnums=(0, 1))(theta, ImplicitSolution.sink())
 
 
 def laplace_log_marginal(
@@ -1502,11 +1530,14 @@ def laplace_log_marginal(
     (``hat f = m + L hat z`` the mode, ``|I + L^T W L| = |I + W^{1/2} K W^{1/2}|``).
     ``jax.grad`` of it differentiates the mode implicitly (:func:`implicit_solution`,
     iHVPs with ``solver``), the Cholesky of ``K`` and the log-determinant by
-    ordinary autodiff. ``theta`` as in :func:`laplace_mode`.
+    ordinary autodiff. ``theta`` as in :func:`laplace_mode`. Compiled once per
+    (likelihood, base, solver, max_iter, tol) and input shapes.
     """
-    max_iter = _positive_int(max_iter, "max_iter")
-    return _laplace_objective(
-        theta, X, y, likelihood, base, solver, max_iter, tol, ImplicitSolution.sink()
+    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
+    _ = solver if isinstance(solver, _SOLVER_TYPES) else resolve_solver(solver, 1)
+    return _laplace_objective_jit(
+        theta, X, y, likelihood=likelihood, base=base, solver=solver, max_iter=max_iter,
+        tol=float(tol),
     )
 
 
@@ -1521,14 +1552,14 @@ def laplace_value_and_grad(
     max_iter: int = 100,
     tol: float = 1e-10,
 ):
-    """``(log q, d log q / d theta, info)``: :func:`laplace_log_marginal`, its gradient and
-    the :class:`IHVPInfo` of the implicit solve."""
-    max_iter = _positive_int(max_iter, "max_iter")
-
-    def f(th, sink):
-        return _laplace_objective(th, X, y, likelihood, base, solver, max_iter, tol, sink)
-
-    value, (g, sink_grad) = jax.value_and_grad(f, argnums=(0, 1))(theta, ImplicitSolution.sink())
+    """``(log q, d log q / d theta, info)``: :func:`laplace_log_marginal`, its gradient
+    (a dict like ``theta``) and the :class:`IHVPInfo` of the implicit solve."""
+    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
+    _ = solver if isinstance(solver, _SOLVER_TYPES) else resolve_solver(solver, 1)
+    value, (g, sink_grad) = _laplace_value_and_grad_jit(
+        theta, X, y, likelihood=likelihood, base=base, solver=solver, max_iter=max_iter,
+        tol=float(tol),
+    )
     return value, g, ImplicitSolution.info(sink_grad)
 
 

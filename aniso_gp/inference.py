@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
+import optax
 from numpyro.infer import MCMC, NUTS, init_to_median
+from numpyro.infer.util import initialize_model, unconstrain_fn
 
 from aniso_gp import _validation as check
 from aniso_gp import diagnostics, kernels, orientation, so3
@@ -110,7 +112,8 @@ def fit(
         base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
         parameterization: for the rotated kernel, ``"axis-angle"`` (the paper's:
             exchangeable length-scales, free axis-angle) or ``"identifiable"``
-            (ordered length-scales, projected-normal quaternion).
+            (ordered length-scales, rotation in a local chart around a pilot
+            MAP frame with the Haar prior; see :mod:`aniso_gp.models`).
         num_chains, num_warmup, num_samples: NUTS settings.
         seed: random seed (fits are reproducible).
         progress: show the sampler's progress bar.
@@ -153,6 +156,12 @@ def fit(
     if likelihood != "exact":
         Xm = _choose_landmarks(Xs, num_landmarks, landmarks, spec, seed)
 
+    model_kwargs = {"spec": spec, "landmarks": Xm}
+    init_params = None
+    if spec.kernel == "rotated" and spec.parameterization == "identifiable":
+        frame, init_params = _pilot_frame(Xs, ys, spec, Xm, seed, num_chains)
+        model_kwargs["frame"] = frame
+
     nuts = NUTS(
         gp_model,
         dense_mass=True,
@@ -174,9 +183,9 @@ def fit(
             jax.random.PRNGKey(seed),
             Xs,
             ys,
-            spec=spec,
-            landmarks=Xm,
+            init_params=init_params,
             extra_fields=("diverging", "num_steps", "energy", "accept_prob", "potential_energy"),
+            **model_kwargs,
         )
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
@@ -195,6 +204,7 @@ def fit(
         "standardizer": dataclasses.asdict(std),
         "landmarks": None if Xm is None else np.asarray(Xm).tolist(),
         "landmark_method": landmarks if Xm is not None else None,
+        "frame": None if "frame" not in model_kwargs else np.asarray(model_kwargs["frame"]).tolist(),
         "wall_time_s": wall,
     }
     idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
@@ -220,6 +230,61 @@ def _choose_landmarks(Xs, m, method, spec, seed):
 
     idx = select_landmarks(Z, int(m), method=method, seed=seed, kernel_fn=kernel_fn)
     return Xs[np.asarray(idx)]
+
+
+def _pilot_frame(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
+    """Chart centre and chain starts for the identifiable parameterisation.
+
+    Maximises the axis-angle posterior (same priors) from ``num_starts`` random
+    orientations with Adam, keeps the best, and canonicalises it: the frame is
+    ``R0 = exp(a_canonical)`` with columns matching the sorted length-scales.
+    Returns ``(R0, init_params)`` with per-chain starts (unconstrained, jittered).
+    """
+    aa_spec = dataclasses.replace(spec, parameterization="axis-angle")
+    info = initialize_model(
+        jax.random.PRNGKey(seed), gp_model, model_args=(Xs, ys),
+        model_kwargs={"spec": aa_spec, "landmarks": Xm}, init_strategy=init_to_median,
+    )
+    potential = info.potential_fn
+    z0 = info.param_info.z
+    key_a, key_l, key_j = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
+    rot = so3.log(so3.from_quaternion(jax.random.normal(key_a, (num_starts, 4))))
+    starts = {k: jnp.broadcast_to(v, (num_starts,) + v.shape) for k, v in z0.items()}
+    starts["axis_angle"] = rot
+    starts["log_l"] = z0["log_l"] + 0.3 * jax.random.normal(key_l, (num_starts, 3))
+    opt = optax.adam(0.05)
+
+    @jax.jit
+    def run(z):
+        def step(carry, _):
+            z, state = carry
+            g = jax.grad(potential)(z)
+            upd, state = opt.update(g, state)
+            return (optax.apply_updates(z, upd), state), None
+
+        (z, _), _ = jax.lax.scan(step, (z, opt.init(z)), None, length=steps)
+        return z, potential(z)
+
+    z, u = jax.vmap(run)(starts)
+    u = jnp.where(jnp.isfinite(u), u, jnp.inf)
+    best = info.postprocess_fn({k: v[jnp.argmin(u)] for k, v in z.items()})
+    l_sorted, a_can = so3.canonicalize(jnp.exp(best["log_l"]), best["axis_angle"])
+    frame = so3.exp(a_can)
+    init = {k: best[k] for k in ("mean", "signal", "noise")}
+    init["log_l_sorted"] = jnp.log(l_sorted)[::-1]
+    init["delta"] = jnp.zeros(3)
+    # Jitter each chain's start so R-hat can detect chains that fail to mix.
+    z_init = unconstrain_fn(
+        gp_model, (Xs, ys), {"spec": spec, "landmarks": Xm, "frame": frame}, init
+    )
+    keys = jax.random.split(key_j, len(z_init))
+    chains = {
+        k: z_init[k] + 0.05 * jax.random.normal(kk, (num_chains,) + jnp.shape(z_init[k]))
+        for kk, k in zip(keys, sorted(z_init), strict=True)
+    }
+    if num_chains == 1:
+        chains = {k: v[0] for k, v in chains.items()}
+    return frame, chains
 
 
 # --------------------------------------------------------------------------- #
@@ -266,13 +331,19 @@ def _lowrank_parts(A, signal, noise, Xs, Xm, base, fitc):
     return U, d
 
 
+@jax.jit
+def _canonical(A, x_scale):
+    """Metric in user units, canonical length-scales / axis-angles and axes, per draw."""
+    M = A @ jnp.swapaxes(A, -1, -2) / x_scale**2
+    l, V = so3.principal_axes(M)
+    l, a = so3.canonicalize(l, so3.log(V))
+    return M, l, a, so3.exp(a)
+
+
 def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
     C, D = samples["A"].shape[:2]
     A = samples["A"]  # (C, D, 3, 3) standardised
-    M = np.einsum("cdij,cdkj->cdik", A, A) / std.x_scale**2
-    l_can, V = (np.asarray(v) for v in so3.principal_axes(jnp.asarray(M)))
-    _, a_can = (np.asarray(v) for v in so3.canonicalize(l_can, so3.log(jnp.asarray(V))))
-    axes = np.asarray(so3.exp(jnp.asarray(a_can)))
+    M, l_can, a_can, axes = (np.asarray(v) for v in _canonical(jnp.asarray(A), std.x_scale))
     posterior = {
         "lengthscales": l_can,
         "axis_angle": a_can,
@@ -290,8 +361,9 @@ def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
             l_raw = np.exp(samples["log_l"])
         posterior["lengthscales_raw"] = l_raw * std.x_scale
     if spec.kernel == "rotated":
-        if "quat" in samples:
-            a_raw = np.asarray(so3.log(so3.from_quaternion(jnp.asarray(samples["quat"]))))
+        if "delta" in samples:
+            frame = jnp.asarray(settings["frame"])
+            a_raw = np.asarray(jax.jit(lambda d: so3.log(frame @ so3.exp(d)))(samples["delta"]))
         else:
             a_raw = samples["axis_angle"]
         posterior["axis_angle_raw"] = a_raw

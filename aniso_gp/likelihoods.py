@@ -136,13 +136,22 @@ def _noise_variance(noise_var):
     return noise_var
 
 
-def _check_lowrank_inputs(U, r):
+def _as_float64(x):
+    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x, dtype=jnp.float64)
+
+
+def _centred(y_centered, n: int):
+    r = _as_float64(y_centered)
+    if r.ndim != 1 or r.shape[0] != n:
+        raise ValueError(f"`y_centered` must have shape ({n},) to match `U`; got {r.shape}")
+    return r
+
+
+def _factor(U):
+    U = _as_float64(U)
     if U.ndim != 2:
         raise ValueError(f"`U` must be a 2-D (N, m) array; got shape {U.shape}")
-    if r.ndim != 1 or r.shape[0] != U.shape[0]:
-        raise ValueError(
-            f"`y_centered` must have shape ({U.shape[0]},) to match `U`; got {r.shape}"
-        )
+    return U
 
 
 def _kdiag_vector(kdiag, n: int):
@@ -154,19 +163,45 @@ def _kdiag_vector(kdiag, n: int):
     return kdiag
 
 
+def dtc_diagonal(U, noise_var) -> jnp.ndarray:
+    """DTC diagonal ``s^2`` repeated (N,): the ``d`` of ``U U^T + diag(d)``."""
+    U = _factor(U)
+    return jnp.full((U.shape[0],), _noise_variance(noise_var), dtype=U.dtype)
+
+
 def fitc_diagonal(U, kdiag, noise_var) -> jnp.ndarray:
     """FITC diagonal ``max(k_ii - rowsum(U^2)_i, 0) + s^2`` (N,).
 
     ``k_ii >= Q_ii`` in exact arithmetic; the clip only absorbs round-off (and
     makes the correction's gradient zero where it is active).
     """
+    U = _factor(U)
     kdiag = _kdiag_vector(kdiag, U.shape[0])
-    return jnp.maximum(kdiag - jnp.sum(U * U, axis=1), 0.0) + noise_var
+    return jnp.maximum(kdiag - jnp.sum(U * U, axis=1), 0.0) + _noise_variance(noise_var)
 
 
-def _gaussian_loglik(op: LowRankPlusDiagonal, r) -> jnp.ndarray:
+# The cores are jitted so eager calls compile once per shape instead of op by op;
+# inside an outer jit/grad they simply inline. The operator's constructor checks
+# U and d (values only when concrete) before they get here.
+@jax.jit
+def _loglik_core(op: LowRankPlusDiagonal, r):
     quad, logdet = op.inv_quad_logdet(r)
     return -0.5 * (quad + logdet + r.shape[0] * _LOG_2PI)
+
+
+def lowrank_loglik(U, d, y_centered) -> jnp.ndarray:
+    r"""Log density ``log N(r | 0, U U^T + diag(d))``, the low-rank :func:`exact_loglik`.
+
+    Args:
+        U: (N, m) low-rank factor.
+        d: (N,) strictly positive diagonal (:func:`dtc_diagonal`, :func:`fitc_diagonal`).
+        y_centered: (N,) centred observations.
+
+    Returns:
+        Scalar log density including ``-N/2 log 2 pi``; O(N m^2), nothing N x N.
+    """
+    op = LowRankPlusDiagonal(_factor(U), d)
+    return _loglik_core(op, _centred(y_centered, op.U.shape[0]))
 
 
 def dtc_loglik(U, y_centered, noise_var) -> jnp.ndarray:
@@ -180,12 +215,7 @@ def dtc_loglik(U, y_centered, noise_var) -> jnp.ndarray:
     Returns:
         Scalar log density (including ``-N/2 log 2 pi``), as :func:`exact_loglik`.
     """
-    U = jnp.asarray(U, dtype=jnp.float64)
-    r = jnp.asarray(y_centered, dtype=jnp.float64)
-    _check_lowrank_inputs(U, r)
-    noise_var = _noise_variance(noise_var)
-    d = jnp.full((U.shape[0],), noise_var, dtype=U.dtype)
-    return _gaussian_loglik(LowRankPlusDiagonal(U, d), r)
+    return lowrank_loglik(U, dtc_diagonal(U, noise_var), y_centered)
 
 
 def fitc_loglik(U, kdiag, y_centered, noise_var) -> jnp.ndarray:
@@ -197,81 +227,70 @@ def fitc_loglik(U, kdiag, y_centered, noise_var) -> jnp.ndarray:
         y_centered: (N,) centred observations.
         noise_var: noise variance ``s^2 > 0``.
     """
-    U = jnp.asarray(U, dtype=jnp.float64)
-    r = jnp.asarray(y_centered, dtype=jnp.float64)
-    _check_lowrank_inputs(U, r)
-    noise_var = _noise_variance(noise_var)
-    return _gaussian_loglik(LowRankPlusDiagonal(U, fitc_diagonal(U, kdiag, noise_var)), r)
+    return lowrank_loglik(U, fitc_diagonal(U, kdiag, noise_var), y_centered)
 
 
-def lowrank_loo_pointwise(U, y_centered, noise_var, kdiag=None):
-    """Closed-form leave-one-out under the DTC (``kdiag=None``) or FITC model.
+@jax.jit
+def _loo_core(op: LowRankPlusDiagonal, r):
+    L = op.capacitance_cholesky()
+    alpha = op.solve_with_capacitance(L, r)
+    W = solve_triangular(L, (op.U / op.d[:, None]).T, lower=True)  # (m, N)
+    cinv_diag = 1.0 / op.d - jnp.sum(W * W, axis=0)
+    loglik = -0.5 * _LOG_2PI + 0.5 * jnp.log(cinv_diag) - 0.5 * alpha**2 / cinv_diag
+    return loglik, alpha / cinv_diag, 1.0 / cinv_diag
 
-    The same formulas as :func:`loo_pointwise` with ``C = U U^T + diag(d)``;
-    ``diag(C^{-1}) = 1/d - rowsum((D^{-1} U L_C^{-T})^2)`` by Woodbury, O(N m^2).
+
+def lowrank_loo_pointwise(U, d, y_centered):
+    """Closed-form leave-one-out under ``C = U U^T + diag(d)`` (DTC or FITC ``d``).
+
+    The same formulas as :func:`loo_pointwise`, with
+    ``diag(C^{-1}) = 1/d - colsum((L_C^{-1} U^T D^{-1})^2)`` by Woodbury, O(N m^2).
 
     Returns:
         ``(loglik, mean_residual, var)``, each (N,).
     """
-    U = jnp.asarray(U, dtype=jnp.float64)
-    r = jnp.asarray(y_centered, dtype=jnp.float64)
-    _check_lowrank_inputs(U, r)
-    noise_var = _noise_variance(noise_var)
-    if kdiag is None:
-        d = jnp.full((U.shape[0],), noise_var, dtype=U.dtype)
-    else:
-        d = fitc_diagonal(U, kdiag, noise_var)
-    op = LowRankPlusDiagonal(U, d)
+    op = LowRankPlusDiagonal(_factor(U), d)
+    return _loo_core(op, _centred(y_centered, op.U.shape[0]))
+
+
+@jax.jit
+def _predict_core(op: LowRankPlusDiagonal, r, U_new, k_new):
     L = op.capacitance_cholesky()
-    alpha = op.solve_with_capacitance(L, r)
-    W = solve_triangular(L, (U / d[:, None]).T, lower=True)  # (m, N)
-    cinv_diag = 1.0 / d - jnp.sum(W * W, axis=0)
-    var = 1.0 / cinv_diag
-    loglik = -0.5 * _LOG_2PI + 0.5 * jnp.log(cinv_diag) - 0.5 * alpha**2 / cinv_diag
-    return loglik, alpha / cinv_diag, var
+    t = solve_triangular(L, matmul(op.U.T, r / op.d), lower=True)
+    V = jax.lax.linalg.triangular_solve(L, U_new, left_side=False, lower=True, transpose_a=True)
+    var = k_new - jnp.sum(U_new * U_new, axis=1) + jnp.sum(V * V, axis=1)
+    return matmul(V, t), jnp.maximum(var, 0.0)
 
 
-def lowrank_predict(U, y_centered, noise_var, U_new, k_diag_new, kdiag=None):
-    r"""Posterior of the latent field at new points under DTC (``kdiag=None``) or FITC.
+def lowrank_predict(U, d, y_centered, U_new, k_diag_new):
+    r"""Posterior of the latent field at new points under ``C = U U^T + diag(d)``.
 
-    With ``Lambda = s^2 I`` (DTC) or ``diag(k - rowsum(U^2)) + s^2`` (FITC) and
-    ``C = I + U^T Lambda^{-1} U = L_C L_C^T`` (Quinonero-Candela & Rasmussen 2005)::
+    ``d`` is :func:`dtc_diagonal` (DTC) or :func:`fitc_diagonal` (FITC); with
+    ``C_m = I + U^T D^{-1} U = L_C L_C^T`` (Quinonero-Candela & Rasmussen 2005)::
 
-        mean = U_* C^{-1} U^T Lambda^{-1} r
+        mean = U_* C_m^{-1} U^T D^{-1} r
         var  = k_** - rowsum(U_*^2) + rowsum((U_* L_C^{-T})^2)
+
+    which are the DTC and FITC predictive equations alike (they differ in ``d``).
 
     Args:
         U: (N, m) training Nyström factor.
+        d: (N,) diagonal of the training covariance.
         y_centered: (N,) centred observations.
-        noise_var: noise variance ``s^2``.
         U_new: (P, m) rows ``K(X_new, X_m) L^{-T}`` with the same landmark factor
             ``L`` (:func:`~aniso_gp.linalg.nystrom.cross_factor`).
         k_diag_new: (P,) (or scalar) prior variances at the new points.
-        kdiag: ``None`` for DTC; the training prior variances (scalar or (N,)) for FITC.
 
     Returns:
-        ``(mean, var)`` (P,) each, latent (add ``noise_var`` for observations);
+        ``(mean, var)`` (P,) each, latent (add the noise variance for observations);
         ``var`` clipped at 0 against round-off, as :func:`exact_predict`.
     """
-    U = jnp.asarray(U, dtype=jnp.float64)
-    r = jnp.asarray(y_centered, dtype=jnp.float64)
-    U_new = jnp.asarray(U_new, dtype=jnp.float64)
-    _check_lowrank_inputs(U, r)
-    if U_new.ndim != 2 or U_new.shape[1] != U.shape[1]:
-        raise ValueError(f"`U_new` must have shape (P, {U.shape[1]}); got {U_new.shape}")
-    noise_var = _noise_variance(noise_var)
-    if kdiag is None:
-        d = jnp.full((U.shape[0],), noise_var, dtype=U.dtype)
-    else:
-        d = fitc_diagonal(U, kdiag, noise_var)
-    op = LowRankPlusDiagonal(U, d)
-    L = op.capacitance_cholesky()
-    t = solve_triangular(L, matmul(U.T, r / d), lower=True)
-    V = jax.lax.linalg.triangular_solve(L, U_new, left_side=False, lower=True, transpose_a=True)
-    mean = matmul(V, t)
+    op = LowRankPlusDiagonal(_factor(U), d)
+    U_new = _as_float64(U_new)
+    if U_new.ndim != 2 or U_new.shape[1] != op.U.shape[1]:
+        raise ValueError(f"`U_new` must have shape (P, {op.U.shape[1]}); got {U_new.shape}")
     k_new = _kdiag_vector(k_diag_new, U_new.shape[0])
-    var = k_new - jnp.sum(U_new * U_new, axis=1) + jnp.sum(V * V, axis=1)
-    return mean, jnp.maximum(var, 0.0)
+    return _predict_core(op, _centred(y_centered, op.U.shape[0]), U_new, k_new)
 
 
 def _pad_rows(a, total: int, value=0.0):

@@ -11,11 +11,15 @@ Sites (standardised units):
 * rotated, ``"axis-angle"`` (the paper's): ``log_l`` (3,) iid
   Normal(log l0, s_l), exchangeable; ``axis_angle`` (3,) ~ Normal(0, 1.5^2 I).
   The posterior has 24 x (wraps) equivalent modes; draws are canonicalised later.
-* rotated, ``"identifiable"``: ``log_l_sorted`` (3,) the order statistics of the
-  same iid prior (so l_1 > l_2 > l_3, no permutation modes), and the rotation
-  from a projected-normal quaternion ``quat`` (4,) ~ Normal(0, I): Haar-uniform on
-  SO(3), smooth everywhere (no wrap at pi, no coordinate singularity). The four
-  sign patterns of the axes remain as isolated, exactly equivalent modes.
+* rotated, ``"identifiable"`` (aniso_gp's): ``log_l_sorted`` (3,) the order
+  statistics of the same iid prior (so l_1 > l_2 > l_3: no permutation modes),
+  and the rotation in a local chart ``R = R0 exp([delta]x)`` around a fixed frame
+  ``R0`` (a pilot MAP estimate, passed as ``frame``). ``delta`` (3,) carries the
+  Haar (uniform) prior on SO(3) written in exponential coordinates,
+  ``p(delta) ~ (1 - cos|delta|) / |delta|^2``. The four sign patterns of the axes
+  are rotations by pi about a principal axis, so they sit on the chart's
+  boundary ``|delta| = pi``: inside it the labelling is unique and the geometry
+  near-Euclidean, with no wrap.
 * ARD: ``log_l`` (3,) iid as above, axes fixed to the coordinate axes.
 * full: ``log_l`` (3,) the marginal length-scales along the coordinate axes and a
   correlation Cholesky factor ``corr_chol`` ~ LKJCholesky(3, eta);
@@ -143,6 +147,34 @@ class GaussianProcessMVN(dist.MultivariateNormal):
         return exact_loglik(self._cov, value - self.loc)
 
 
+class HaarExpCoords(dist.Distribution):
+    """Haar measure on SO(3) in exponential coordinates: ``p(d) = (1 - cos t) / (4 pi^2 t^2)``, ``t = |d|``.
+
+    Normalised on the ball ``t <= pi`` (each rotation once). The density is
+    extended to all of R^3 for the sampler; it vanishes at ``t = 2 pi``, which
+    acts as a barrier, and a posterior concentrated near the chart's centre never
+    gets there.
+    """
+
+    support = constraints.real_vector
+    arg_constraints = {}
+
+    def __init__(self, *, validate_args=None):
+        super().__init__(batch_shape=(), event_shape=(3,), validate_args=validate_args)
+
+    def sample(self, key, sample_shape=()):
+        q = jax.random.normal(key, sample_shape + (4,))
+        return so3.log(so3.from_quaternion(q))
+
+    def log_prob(self, value):
+        t2 = jnp.sum(value * value, axis=-1)
+        small = t2 < 1e-6
+        t2s = jnp.where(small, 1.0, t2)
+        # (1 - cos t) / t^2 = 2 sin^2(t/2) / t^2, with its Taylor series near 0.
+        ratio = jnp.where(small, 0.5 - t2 / 24.0, 2.0 * jnp.sin(0.5 * jnp.sqrt(t2s)) ** 2 / t2s)
+        return jnp.log(ratio) - math.log(4.0 * math.pi**2)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Static description of a model (hashable: safe as a static jit argument)."""
@@ -155,15 +187,18 @@ class ModelSpec:
                             mean_loc=0.0, mean_sd=1.0)
 
 
-def sample_kernel_params(spec: ModelSpec) -> dict:
-    """Sample the metric parameters; return the :func:`kernels.gram` parameter dict."""
+def sample_kernel_params(spec: ModelSpec, frame=None) -> dict:
+    """Sample the metric parameters; return the :func:`kernels.gram` parameter dict.
+
+    ``frame`` (3, 3) is the chart centre ``R0`` of the identifiable parameterisation.
+    """
     p = spec.priors
     loc, scale = math.log(p.lengthscale_median), p.log_lengthscale_sd
     if spec.kernel == "rotated" and spec.parameterization == "identifiable":
         log_l = numpyro.sample("log_l_sorted", SortedNormal(loc, scale, 3))[..., ::-1]
-        quat = numpyro.sample("quat", dist.Normal(0.0, 1.0).expand([4]).to_event(1))
-        R = so3.from_quaternion(quat)
-        return {"rotation": R, "lengthscales": jnp.exp(log_l)}
+        delta = numpyro.sample("delta", HaarExpCoords())
+        R0 = jnp.eye(3) if frame is None else frame
+        return {"rotation": R0 @ so3.exp(delta), "lengthscales": jnp.exp(log_l)}
     log_l = numpyro.sample("log_l", dist.Normal(loc, scale).expand([3]).to_event(1))
     l = jnp.exp(log_l)
     if spec.kernel == "ard":
@@ -184,7 +219,7 @@ def transform_matrix(kparams: dict) -> jnp.ndarray:
     return kernels.transform_matrix(kparams)
 
 
-def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None):
+def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None, frame=None):
     """NumPyro model: constant mean + stationary anisotropic GP + Gaussian noise.
 
     Args:
@@ -194,12 +229,13 @@ def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None):
         landmarks: (m, 3) inducing inputs for ``likelihood`` ``"dtc"``/``"fitc"``,
             fixed per fit so the target is a deterministic function of the
             hyperparameters.
+        frame: (3, 3) chart centre for the identifiable parameterisation.
     """
     p = spec.priors
     mean = numpyro.sample("mean", dist.Normal(p.mean_loc, p.mean_sd))
     signal = numpyro.sample("signal", dist.HalfNormal(p.signal_scale))
     noise = numpyro.sample("noise", dist.HalfNormal(p.noise_scale))
-    kparams = sample_kernel_params(spec)
+    kparams = sample_kernel_params(spec, frame)
     # Recorded per draw (no cost in the gradient): the metric M = A A^T is the
     # labelling-free quantity every summary is built from.
     A = numpyro.deterministic("A", transform_matrix(kparams))

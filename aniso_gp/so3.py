@@ -173,7 +173,9 @@ def _canonicalize_one(l, a):
     # Among the four sign flips of columns keeping det +1, the smallest
     # rotation angle is the largest trace.
     traces = _SIGN_PATTERNS @ jnp.diagonal(R)
-    s = _SIGN_PATTERNS[jnp.argmax(traces)]
+    # Ties up to round-off go to the first pattern (identity first), so that a
+    # canonical input maps to itself (idempotence at e.g. l = (2, 1, 1), a = 0).
+    s = _SIGN_PATTERNS[jnp.argmax(traces >= jnp.max(traces) - 1e-9)]
     a_c = log(R * s[None, :])
     # At exactly pi, a and -a are the same rotation: fix the sign of the
     # largest-magnitude component so the labelling is unique.

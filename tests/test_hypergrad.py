@@ -6,11 +6,10 @@ hypergradients; the Laplace log marginal with a tightly converged Newton mode
 for the Laplace-GP gradients. Sizes are small (n <= 200).
 """
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from aniso_gp import hypergrad as hg
@@ -25,9 +24,8 @@ def _rel(a, b):
 
 def _central_fd(f, x, eps=1e-5):
     x = jnp.asarray(x)
-    return np.array(
-        [(float(f(x.at[i].add(eps))) - float(f(x.at[i].add(-eps)))) / (2 * eps) for i in range(x.size)]
-    )
+    steps = [(float(f(x.at[i].add(eps))), float(f(x.at[i].add(-eps)))) for i in range(x.size)]
+    return np.array([(up - down) / (2 * eps) for up, down in steps])
 
 
 # --------------------------------------------------------------------------- #
@@ -50,9 +48,7 @@ def spd_system():
     [
         (hg.Exact(), 1e-12),
         (hg.CG(500, 1e-12), 1e-9),
-        (hg.NystromPCG(20, 200, 1e-12), 1e-9),
         (hg.NystromPCG(20, 200, 1e-12, sketch="coordinates"), 1e-9),
-        (hg.SpectralReuse(20, tol=1e-12), 1e-9),
         (hg.Nystrom(50, 1e-9), 1e-6),
         (hg.Nystrom(50, 1e-9, sketch="gaussian"), 1e-6),
         ("neumann", 1e-8),
@@ -68,23 +64,26 @@ def test_ihvp_matches_dense_solve(spd_system, solver, tol):
     x, info = hg.solve_ihvp(solver, lambda v: H @ v, b)
     assert _rel(x, ref) < tol
     assert float(info.residual_norm) < 100 * tol
-    assert int(info.matvecs) >= 0
+    # Matvec accounting: sketch + iterations + one HVP for the reported residual.
+    it = int(info.iterations)
+    expected = {
+        "exact": 50,  # H formed from 50 HVPs
+        "cg": it + 1,
+        "neumann": 8001,
+        "nystrom": 51,
+        "nystrom_pcg": 20 + it + 1,
+    }[hg.resolve_solver(solver, 50).name]
+    assert int(info.matvecs) == expected
 
 
-def test_ihvp_matvec_accounting(spd_system):
-    H, b, _, _ = spd_system
-    mv = lambda v: H @ v
-    assert int(hg.solve_ihvp(hg.Exact(), mv, b)[1].matvecs) == 50  # H formed from 50 HVPs
-    assert int(hg.solve_ihvp(hg.Exact(), mv, b, matrix=H)[1].matvecs) == 0
-    assert int(hg.solve_ihvp(hg.Nystrom(7, 0.1), mv, b)[1].matvecs) == 8  # sketch + residual
-    _, info = hg.solve_ihvp(hg.CG(500, 1e-10), mv, b)
-    assert int(info.matvecs) == int(info.iterations) + 1
-    _, info = hg.solve_ihvp(hg.NystromPCG(10, 500, 1e-10), mv, b)
-    assert int(info.matvecs) == 10 + int(info.iterations) + 1
+def test_exact_with_given_matrix_spends_no_hvps(spd_system):
+    H, b, ref, _ = spd_system
+    x, info = hg.solve_ihvp(hg.Exact(), lambda v: H @ v, b, matrix=H)
+    assert int(info.matvecs) == 0 and _rel(x, ref) < 1e-12
 
 
 def test_nystrom_full_rank_tends_to_exact(spd_system):
-    """k = n and rho -> 0: the damped Nystrom iHVP converges to H^{-1} b (error ~ rho/lambda_min)."""
+    """k = n, rho -> 0: the damped Nystrom iHVP tends to H^{-1} b (error ~ rho / lambda_min)."""
     H, b, ref, _ = spd_system
     errs = [
         _rel(hg.solve_ihvp(hg.Nystrom(50, rho, sketch=sk), lambda v: H @ v, b)[0], ref)
@@ -106,10 +105,13 @@ def test_nystrom_small_rho_is_stable_at_partial_rank(spd_system):
     Hk = np.asarray(U) @ np.diag(np.asarray(lam)) @ np.asarray(U).T
     x, _ = hg.solve_ihvp(hg.Nystrom(20, rho), mv, b, key=jax.random.PRNGKey(3))
     assert np.all(np.isfinite(np.asarray(x)))
-    # (H_k + rho I) has condition ~1e13, so judge by the backward error: the
-    # eigen-form solves it to round-off, where a 1/rho^2 Woodbury would not.
-    residual = (Hk + rho * np.eye(50)) @ np.asarray(x) - np.asarray(b)
-    assert np.linalg.norm(residual) / np.linalg.norm(b) < 1e-10
+    # (H_k + rho I) has condition ~1e13 and |x| ~ |b| / rho, so judge by the
+    # normwise backward error |r| / (|A| |x| + |b|): round-off level for the eigen-form.
+    A = Hk + rho * np.eye(50)
+    x = np.asarray(x)
+    residual = A @ x - np.asarray(b)
+    eta = np.linalg.norm(residual) / (np.linalg.norm(A, 2) * np.linalg.norm(x) + np.linalg.norm(b))
+    assert eta < 1e-14
 
 
 def test_nystrom_known_shift_is_exact_at_full_rank(spd_system):
@@ -171,13 +173,13 @@ def test_implicit_grad_matches_finite_differences(ridge, solver):
     assert float(info.residual_norm) < 1e-10
 
 
-def test_implicit_grad_approximate_solvers_are_close(ridge):
+def test_implicit_grad_nystrom_is_biased_and_says_so(ridge):
     inner, outer, solve, h, fd = ridge
-    g, info = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(13, 1e-8))
-    assert _rel(ravel_pytree(g)[0], fd) < 1e-5  # k = n: exact up to rho
-    g, info = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(5, 1.0))
-    assert _rel(ravel_pytree(g)[0], fd) < 1.0  # biased but informative
-    assert float(info.residual_norm) > 1e-6
+    # rank 5 of 13 with rho near the spectral tail (eigenvalues 19..133): biased but
+    # informative, and the reported residual says so.
+    g, info = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(5, 30.0))
+    assert _rel(ravel_pytree(g)[0], fd) < 0.5
+    assert float(info.residual_norm) > 0.1
 
 
 def test_implicit_solution_under_jit_grad(ridge):
@@ -203,28 +205,29 @@ def test_implicit_solution_under_jit_grad(ridge):
 def test_spectral_reuse_saves_sketches_and_refreshes_on_drift():
     rng = np.random.default_rng(2)
     n = 80
-    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-    eig = 50.0 * np.exp(-np.arange(n) / 5.0)
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    Q1 = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    spectrum = 50.0 * np.exp(-np.arange(n) / 5.0)
+    A0, A1 = (jnp.asarray((V * spectrum) @ V.T) for V in (Q, Q1))
     b = jnp.asarray(rng.standard_normal(n))
     reuse = hg.SpectralReuse(25, tau=0.3, tol=1e-10)
-    state = reuse.init(n)
 
     @jax.jit
-    def step(state, angle, key):
-        # A slowly rotating kernel-like operator A(t) + 0.01 I.
-        G = jnp.asarray(np.triu(rng.standard_normal((n, n)), 1))
-        R = jax.scipy.linalg.expm(angle * (G - G.T) / n)
-        A = (R @ jnp.asarray(Q)) * jnp.asarray(eig) @ (R @ jnp.asarray(Q)).T
-        H = A + 0.01 * jnp.eye(n)
+    def step(state, t, key):
+        # A kernel-like operator drifting from A0 towards A1 (another eigenbasis),
+        # plus a known shift 0.01.
+        H = (1.0 - t) * A0 + t * A1 + 0.01 * jnp.eye(n)
         x, info, state = hg.solve_ihvp(reuse, lambda v: H @ v, b, shift=0.01, state=state, key=key)
         return x, info, state, jnp.linalg.solve(H, b)
 
-    for t in range(6):
-        x, info, state, ref = step(state, 0.002 * t, jax.random.PRNGKey(t))
+    state = reuse.init(n)
+    for i in range(6):
+        x, info, state, ref = step(state, 1e-3 * i, jax.random.PRNGKey(i))
         assert _rel(x, ref) < 1e-8
     assert int(state.refreshes) == 1  # only the first sketch
     assert int(state.matvecs_saved) == 5 * (25 - 8)
-    x, info, state, ref = step(state, 3.0, jax.random.PRNGKey(9))  # a large jump
+    assert float(state.staleness) < 0.3
+    x, info, state, ref = step(state, 0.5, jax.random.PRNGKey(9))  # a large jump
     assert int(state.refreshes) == 2
     assert _rel(x, ref) < 1e-8
 
@@ -232,48 +235,57 @@ def test_spectral_reuse_saves_sketches_and_refreshes_on_drift():
 # --------------------------------------------------------------------------- #
 # GP validation-loss hypergradients
 # --------------------------------------------------------------------------- #
+def _numpy_validation_loss(x, data, objective):
+    """Validation loss through a dense NumPy/SciPy solve: the oracle for GP hypergradients."""
+    from scipy.spatial.transform import Rotation
+
+    Xt, yt, Xv, yv = (np.asarray(a) for a in data)
+    a, log_l, log_noise, log_signal = x[:3], x[3:6], x[6], x[7]  # ravel_pytree order
+    A = Rotation.from_rotvec(a).as_matrix() / np.exp(log_l)[None, :]
+    Zt, Zv = Xt @ A, Xv @ A
+    sf2, s2 = np.exp(2 * log_signal), np.exp(2 * log_noise)
+
+    def gram(Z1, Z2):
+        return sf2 * np.exp(-0.5 * ((Z1[:, None, :] - Z2[None, :, :]) ** 2).sum(-1))
+
+    H = gram(Zt, Zt) + s2 * np.eye(len(yt))
+    Kvt = gram(Zv, Zt)
+    mu = Kvt @ np.linalg.solve(H, yt)
+    if objective == "mse":
+        return np.mean((mu - yv) ** 2)
+    var = sf2 + s2 - np.sum(Kvt * np.linalg.solve(H, Kvt.T).T, axis=1)
+    return 0.5 * np.mean(np.log(2 * np.pi * var) + (yv - mu) ** 2 / var)
+
+
 @pytest.fixture(scope="module")
 def gp_problem():
     fld = synthetic_field(100, [0.5, 0.3, 0.15], [0.3, -0.2, 0.5], noise_sd=0.1, seed=1)
     tr, va = fld.split(0.25, seed=0)
-    Xt, yt, Xv, yv = (jnp.asarray(a) for a in (tr.X, tr.y, va.X, va.y))
+    data = tuple(jnp.asarray(a) for a in (tr.X, tr.y, va.X, va.y))
     theta = {
         "log_lengthscales": jnp.log(jnp.array([0.4, 0.3, 0.2])),
         "axis_angle": jnp.array([0.2, -0.1, 0.4]),
         "log_signal": jnp.asarray(0.1),
         "log_noise": jnp.asarray(np.log(0.15)),
     }
-    flat, unravel = ravel_pytree(theta)
-
-    def exact_loss(x, objective):
-        p, s2 = hg.gp_params(unravel(x), "rotated")
-        H = kernels.gram(Xt, Xt, p) + s2 * jnp.eye(yt.shape[0])
-        Kvt = kernels.gram(Xv, Xt, p)
-        mu = Kvt @ jnp.linalg.solve(H, yt)
-        if objective == "mse":
-            return jnp.mean((mu - yv) ** 2)
-        var = p["variance"] + s2 - jnp.sum(Kvt * jnp.linalg.solve(H, Kvt.T).T, axis=1)
-        return 0.5 * jnp.mean(jnp.log(2 * jnp.pi * var) + (yv - mu) ** 2 / var)
-
-    fd = {o: _central_fd(jax.jit(lambda x, o=o: exact_loss(x, o)), flat) for o in ("mse", "nlpd")}
-    exact = {o: float(exact_loss(flat, o)) for o in ("mse", "nlpd")}
-    return (Xt, yt, Xv, yv), theta, fd, exact
+    flat = np.array(ravel_pytree(theta)[0])
+    fd, exact = {}, {}
+    for o in ("mse", "nlpd"):
+        fd[o] = _central_fd(lambda x, o=o: _numpy_validation_loss(np.array(x), data, o), flat)
+        exact[o] = _numpy_validation_loss(flat, data, o)
+    return data, theta, fd, exact
 
 
 @pytest.mark.parametrize(
     "solver, objective",
-    [
-        (hg.Exact(), "mse"),
-        (hg.CG(2000, 1e-12), "mse"),
-        (hg.NystromPCG(30, 500, 1e-12), "mse"),
-        (hg.Exact(), "nlpd"),
-        (hg.NystromPCG(30, 500, 1e-12), "nlpd"),
-    ],
+    [(hg.Exact(), "nlpd"), (hg.SpectralReuse(30, tol=1e-12), "mse")],
     ids=lambda v: v if isinstance(v, str) else v.name,
 )
 def test_gp_hypergradient_matches_finite_differences(gp_problem, solver, objective):
     data, theta, fd, exact = gp_problem
-    loss, grad, metrics = hg.validation_hypergradient(theta, *data, solver=solver, objective=objective)
+    loss, grad, metrics = hg.validation_hypergradient(
+        theta, *data, solver=solver, objective=objective
+    )
     assert float(loss) == pytest.approx(exact[objective], rel=1e-10)
     assert _rel(ravel_pytree(grad)[0], fd[objective]) < 1e-5
     assert metrics["residual"] < 1e-10
@@ -289,34 +301,28 @@ def test_kernel_apply_blocked_matches_dense():
     np.testing.assert_allclose(blocked, dense, rtol=1e-12, atol=1e-12)
 
 
-def test_optimize_hyperparameters_reduces_validation_loss():
-    fld = synthetic_field(110, [0.5, 0.3, 0.15], [0.3, -0.2, 0.5], noise_sd=0.1, seed=2)
-    tr, va = fld.split(0.25, seed=0)
+def test_optimize_hyperparameters_reduces_validation_loss(gp_problem):
+    # The data shapes and solver of the finite-difference test above: the compiled
+    # step is shared.
+    (Xt, yt, Xv, yv), *_ = gp_problem
     params, hist = hg.optimize_hyperparameters(
-        tr.X, tr.y, va.X, va.y, solver=hg.SpectralReuse(30, tol=1e-10), objective="mse", steps=12
+        Xt, yt, Xv, yv, solver=hg.SpectralReuse(30, tol=1e-12), objective="mse", steps=10
     )
-    assert len(hist) == 12
+    assert len(hist) == 10
     for col in ("val_loss", "total_matvecs", "residual", "refreshed", "staleness", "grad_norm"):
         assert col in hist.columns
     assert params["val_loss"] < hist["val_loss"].iloc[0]
-    assert hist["residual"].max() < 1e-8
-    assert hist["refreshed"].iloc[0] == 1 and hist["refreshed"].sum() < 12
+    assert hist["residual"].max() < 1e-10
+    assert hist["refreshed"].iloc[0] == 1 and hist["refreshed"].sum() < 10
     assert params["lengthscales"].shape == (3,) and params["axis_angle"].shape == (3,)
     assert params["noise_variance"] > 0 and params["variance"] > 0
 
 
-def test_optimize_hyperparameters_ard_nlpd_pandas_inputs():
-    import pandas as pd
-
-    fld = synthetic_field(80, [0.4, 0.3, 0.2], [0.0, 0.0, 0.0], noise_sd=0.1, seed=3)
-    tr, va = fld.split(0.25, seed=1)
-    params, hist = hg.optimize_hyperparameters(
-        pd.DataFrame(tr.X, columns=list("xyz")), pd.Series(tr.y), va.X, va.y,
-        kernel="ard", objective="nlpd", steps=8, learning_rate=0.05,
-    )
-    assert "axis_angle" not in params
-    assert hist["val_loss"].iloc[-1] < hist["val_loss"].iloc[0]
-    assert (hist["total_matvecs"] == 0).all()  # "auto" is a dense Cholesky at this size
+def test_gp_params_ard_has_no_rotation():
+    theta = {"log_lengthscales": jnp.zeros(3), "log_signal": 0.0, "log_noise": np.log(0.1)}
+    params, s2 = hg.gp_params(theta, "ard")
+    assert set(params) == {"lengthscales", "variance"}
+    assert float(s2) == pytest.approx(0.01)
 
 
 # --------------------------------------------------------------------------- #
@@ -330,7 +336,9 @@ def test_laplace_gradient_matches_finite_differences(likelihood):
     if likelihood == "poisson":
         y, lik = rng.poisson(np.exp(f)).astype(float), {}
     else:
-        y, lik = f + 0.2 * rng.standard_t(3, 25), {"df": jnp.asarray(4.0), "scale": jnp.asarray(0.3)}
+        # t(3) noise: outliers make the likelihood non-log-concave there (W < 0).
+        y = f + 0.2 * rng.standard_t(3, 25)
+        lik = {"df": jnp.asarray(4.0), "scale": jnp.asarray(0.3)}
     theta = {
         "kernel": {
             "lengthscales": jnp.array([0.5, 0.4, 0.3]),
@@ -340,17 +348,20 @@ def test_laplace_gradient_matches_finite_differences(likelihood):
         "mean": jnp.asarray(0.3),
         "likelihood": lik,
     }
-    mode = hg.laplace_mode(theta, X, y, likelihood, base="matern52")
-    assert bool(mode.converged)
+    solver = hg.Exact() if likelihood == "poisson" else hg.CG(200, 1e-12)
     flat, unravel = ravel_pytree(theta)
-    value = jax.jit(lambda x: hg.laplace_log_marginal(unravel(x), X, y, likelihood, "matern52"))
-    fd = _central_fd(value, flat)
-    v, g, info = hg.laplace_value_and_grad(
-        theta, X, y, likelihood, "matern52", solver=hg.NystromPCG(10, 200, 1e-12)
-    )
-    assert float(v) == pytest.approx(float(value(flat)), rel=1e-12)
+
+    def value_and_grad(x):  # one compiled function serves the finite differences too
+        return hg.laplace_value_and_grad(unravel(x), X, y, likelihood, "matern52", solver)
+
+    fd = _central_fd(lambda x: value_and_grad(x)[0], flat)
+    v, g, info = value_and_grad(flat)
     assert _rel(ravel_pytree(g)[0], fd) < 1e-5
-    assert float(info.residual_norm) < 1e-10 and int(info.matvecs) > 10
+    assert float(info.residual_norm) < 1e-10 and int(info.matvecs) >= 25
+    if likelihood == "student_t":
+        mode = hg.laplace_mode(unravel(flat), X, y, likelihood, "matern52")
+        assert bool(mode.converged) and int(mode.iterations) < 20
+        assert float(jnp.min(mode.W)) < 0  # the non-log-concave case is exercised
 
 
 # --------------------------------------------------------------------------- #
@@ -381,11 +392,11 @@ def test_errors_name_the_problem(spd_system, ridge):
     def bad_inner(w, hh):  # sqrt of a negative number: NaN curvature
         return inner(w, hh) + jnp.sum(jnp.sqrt(w["coef"] - 100.0))
 
-    for solver in (hg.Exact(), hg.CG(50, 1e-8), hg.Nystrom(4, 0.1), hg.NystromPCG(4)):
+    for solver in (hg.Exact(), hg.NystromPCG(4)):
         with pytest.raises(ValueError, match="non-finite Hessian-vector products|not finite"):
             hg.implicit_grad(bad_inner, outer, solve(h), h, solver)
     with pytest.raises(ValueError, match="likelihood"):
-        hg.laplace_mode({"kernel": {"lengthscales": jnp.ones(3)}}, np.zeros((3, 3)), np.zeros(3), "gamma")
+        hg.laplace_mode({"kernel": {"lengthscales": jnp.ones(3)}}, np.eye(3), np.zeros(3), "gamma")
     with pytest.raises(ValueError, match="counts"):
         hg.laplace_mode(
             {"kernel": {"lengthscales": jnp.ones(3)}}, np.eye(3), np.array([0.5, 1.0, 2.0])

@@ -76,7 +76,7 @@ def test_sample_is_square_root_times_normal(lowrank, eigen):
         draws = op.sample(key, (4,))
         assert draws.shape == (4, N)
         np.testing.assert_allclose(draws, np.asarray(eps) @ S.T, rtol=1e-12, atol=1e-12)
-        assert op.sample(key).shape == (N,)
+    assert op.sample(key).shape == (N,)  # default shape=()
 
 
 def test_sample_covariance_monte_carlo():
@@ -112,7 +112,7 @@ def test_gradients(lowrank, eigen):
         quad, logdet = op.inv_quad_logdet(v)
         return quad + logdet + jnp.sum(op.solve(v) ** 2)
 
-    check_grads(jax.jit(f), (U, d), order=1, modes=["rev", "fwd"], atol=1e-5, rtol=1e-5)
+    check_grads(jax.jit(f), (U, d), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
     Q, lam, s, _ = eigen
 
     def g(lam, s):

@@ -43,10 +43,11 @@ LANDMARK_METHODS = ("uniform", "kmeans++", "rpcholesky")
 def jittered_cholesky(K: jnp.ndarray) -> jnp.ndarray:
     r"""Lower factor of ``K + jitter I`` by :func:`aniso_gp.linalg.dense.cholesky`, with gradients.
 
-    ``dense.cholesky`` picks the jitter in a ``lax.while_loop``, which reverse
-    mode cannot differentiate. Here the jitter is a constant of the tangent map,
-    so ``d(L L^T) = dK`` gives the usual rule ``dL = L Phi(L^{-1} dK L^{-T})``,
-    ``Phi`` = lower triangle with the diagonal halved. NaN if every jitter level failed.
+    The jitter comes from a discrete search (a ``lax.while_loop`` inside
+    ``dense.cholesky``), so it is a constant of the tangent map: ``d(L L^T) = dK``
+    gives the usual rule ``dL = L Phi(L^{-1} dK L^{-T})``, ``Phi`` = lower triangle
+    with the diagonal halved. Reverse mode thus never differentiates the search
+    itself, whatever form it takes. NaN if every jitter level failed.
     """
     return dense.cholesky(K)[0]
 

@@ -1,0 +1,519 @@
+"""The ``aniso-gp`` command: ``demo``, ``fit``, ``compare`` and ``report``.
+
+Each analysis writes a *run directory* (layout in :mod:`aniso_gp.report`):
+saved fits under ``fits/<kernel>``, ``points.csv`` (the points used, with their
+train/test split), summary / orientation / comparison tables, diagnostics,
+figures and the HTML + Markdown report.
+
+Safety rules, in one place (:func:`staged_output`):
+
+* an existing output directory is never replaced without ``--force``;
+* the run is written into a sibling ``OUT.partial`` and renamed to ``OUT`` only
+  when everything is done, so ``OUT`` is always complete;
+* every artefact is written as soon as it exists (each fit is saved when its
+  sampler finishes), so an interrupted or failed run leaves what it finished in
+  ``OUT.partial``;
+* a user error (missing file, bad column, unreadable format, existing output,
+  a kernel matrix that cannot be factorised) exits with status 1 and one line
+  on stderr, without a traceback; Ctrl-C exits with 130.
+
+Heavy imports (JAX, NumPyro, ArviZ, matplotlib) happen inside the commands, so
+``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as _dt
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PROG = "aniso-gp"
+KERNEL_CHOICES = ("rotated", "ard", "full")
+BASE_CHOICES = ("rbf", "matern12", "matern32", "matern52")
+TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
+USER_ERRORS = (ValueError, OSError, np.linalg.LinAlgError)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSize:
+    """Sizes of the embedded nano-brick demo."""
+
+    shape: tuple[int, int, int]
+    points: int  # subsampled voxels, before the hold-out split
+    chains: int
+    warmup: int
+    samples: int
+
+
+# Full demo: 24^3 voxels, 320 points (256 to fit, 64 held out), 2 chains of 250 + 250:
+# about 3 minutes for the three kernels on 2 cores (JIT compilation of each
+# sampler is a large fixed part). Quick: a smoke run of the same pipeline.
+DEMO_FULL = DemoSize(shape=(24, 24, 24), points=320, chains=2, warmup=250, samples=250)
+DEMO_QUICK = DemoSize(shape=(12, 12, 12), points=50, chains=2, warmup=40, samples=40)
+
+
+# --------------------------------------------------------------------------- #
+# Entry point
+# --------------------------------------------------------------------------- #
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status (0 on success)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        args.handler(args)
+    except KeyboardInterrupt as err:
+        where = " ".join(getattr(err, "__notes__", []))
+        print(f"{PROG}: interrupted {where}".rstrip(), file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message (and notes) on one line."""
+    parts = [str(err) or type(err).__name__, *getattr(err, "__notes__", [])]
+    return " ".join(" ".join(parts).split())
+
+
+# --------------------------------------------------------------------------- #
+# Parser
+# --------------------------------------------------------------------------- #
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Bayesian inference of rotated 3-D anisotropy with Gaussian processes: "
+        "which way a density volume or a table of samples is anisotropic, how strongly, "
+        "with uncertainty, compared with axis-aligned (ARD) and free (full SPD) kernels.",
+        epilog=f"Run '{PROG} COMMAND --help' for the options of each command.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="fit the embedded nano-brick volume (known truth) and write a report",
+        description="Fit the rotated, ARD and full-SPD kernels to a subsample of the embedded "
+        "synthetic nano-brick (a laminated texture at a known orientation), hold out 20%% of "
+        "the points, compare, and write an HTML + Markdown report.",
+    )
+    demo.add_argument("--out", type=Path, default=None,
+                      help="output directory (default: a new demo_out/run-<time>)")
+    demo.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    demo.add_argument("--quick", action="store_true",
+                      help="seconds-scale smoke version (tiny volume, few draws)")
+    demo.add_argument("--kernels", default="rotated,ard,full",
+                      help="comma-separated kernels to fit (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(handler=_cmd_demo)
+
+    fit = sub.add_parser(
+        "fit", help="fit one kernel to a volume or a table",
+        description="Fit one kernel to DATA and write the posterior (fits/<kernel>), "
+        "summary.csv, orientation.csv, diagnostics.json, figures and a report into OUT.",
+    )
+    _add_data_options(fit)
+    fit.add_argument("--kernel", choices=KERNEL_CHOICES, default="rotated",
+                     help="rotated: R diag(l^-2) R^T; ard: axis-aligned; full: free SPD metric "
+                     "(default: %(default)s)")
+    _add_model_options(fit, holdout=0.0)
+    fit.set_defaults(handler=_cmd_fit)
+
+    cmp = sub.add_parser(
+        "compare", help="fit several kernels to the same data and compare them",
+        description="Fit each kernel in --kernels to the same training points, score them by "
+        "LOO and on held-out points, and write comparison.csv and a report into OUT.",
+    )
+    _add_data_options(cmp)
+    cmp.add_argument("--kernels", default="rotated,ard,full",
+                     help="comma-separated kernels (default: %(default)s)")
+    _add_model_options(cmp, holdout=0.2)
+    cmp.set_defaults(handler=_cmd_compare)
+
+    rep = sub.add_parser(
+        "report", help="rebuild the report of a saved run",
+        description="Reload the saved fits of RUN_DIR and write report.html, report.md and "
+        "the figures again (no refitting).",
+    )
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by "
+                     f"'{PROG} fit', 'compare' or 'demo'")
+    rep.set_defaults(handler=_cmd_report)
+    return parser
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", type=Path, metavar="DATA",
+                   help="a table (.csv/.tsv with coordinate and value columns) or a volume "
+                   "(.npy, .tif/.tiff stack, or raw binary with --shape and --dtype)")
+    g = p.add_argument_group("tables")
+    g.add_argument("--x", default="x", help="x coordinate column (default: %(default)s)")
+    g.add_argument("--y", default="y", help="y coordinate column (default: %(default)s)")
+    g.add_argument("--z", default="z", help="z coordinate column (default: %(default)s)")
+    g.add_argument("--value", default="value", help="value column (default: %(default)s)")
+    g = p.add_argument_group("volumes")
+    g.add_argument("--spacing", type=float, nargs="+", metavar="S",
+                   help="voxel size: one number or one per array axis (default: 1 voxel)")
+    g.add_argument("--shape", type=int, nargs=3, metavar=("N0", "N1", "N2"),
+                   help="array shape of a raw volume")
+    g.add_argument("--dtype", help="element type of a raw volume, e.g. '<u2', 'float32'")
+    g = p.add_argument_group("points")
+    g.add_argument("--units", default=None,
+                   help="length unit of the coordinates, for labels (default: 'voxel' for "
+                   "volumes without --spacing, else none)")
+    g.add_argument("--subsample", type=int, default=400, metavar="N",
+                   help="keep at most N points so exact inference stays tractable "
+                   "(default: %(default)s)")
+    g.add_argument("--subsample-method", choices=("stratified", "random"), default="stratified",
+                   help="stratified covers space first (default: %(default)s)")
+
+
+def _add_model_options(p: argparse.ArgumentParser, holdout: float) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--base", choices=BASE_CHOICES, default="rbf",
+                   help="stationary base correlation (default: %(default)s)")
+    g.add_argument("--parameterization", choices=("axis-angle", "identifiable"),
+                   default="axis-angle",
+                   help="of the rotated kernel: the paper's free axis-angle, or ordered "
+                   "length-scales with a quaternion (default: %(default)s)")
+    g.add_argument("--likelihood", choices=("exact", "dtc", "fitc"), default="exact",
+                   help="exact (dense Cholesky) or a Nystrom low-rank approximation "
+                   "(default: %(default)s)")
+    g.add_argument("--landmarks", type=int, default=256, metavar="N",
+                   help="inducing points of the dtc/fitc likelihoods (default: %(default)s)")
+    g.add_argument("--holdout", type=float, default=holdout, metavar="FRACTION",
+                   help="fraction of points held out for RMSE / NLPD / coverage; 0 for none "
+                   "(default: %(default)s)")
+    g = p.add_argument_group("sampler")
+    g.add_argument("--chains", type=int, default=4, help="NUTS chains (default: %(default)s)")
+    g.add_argument("--warmup", type=int, default=500, help="warm-up steps (default: %(default)s)")
+    g.add_argument("--samples", type=int, default=500,
+                   help="draws per chain (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: a new runs/<data>-<time>)")
+    g.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    g.add_argument("--title", default=None, help="report title")
+
+
+# --------------------------------------------------------------------------- #
+# Commands
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass
+class Dataset:
+    """Points ready to fit, with what the report says about them."""
+
+    X: np.ndarray
+    y: np.ndarray
+    summary: dict
+    units: str = ""
+    volume: object = None  # datasets.Volume, for the slice figure
+    truth: object = None  # datasets.Truth, for synthetic data
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to fit and how."""
+
+    kernels: tuple[str, ...]
+    base: str = "rbf"
+    parameterization: str = "axis-angle"
+    likelihood: str = "exact"
+    landmarks: int = 256
+    chains: int = 4
+    warmup: int = 500
+    samples: int = 500
+    seed: int = 0
+    holdout: float = 0.0
+    progress: bool = True
+
+
+def _cmd_fit(args) -> None:
+    _analyse_file(args, (args.kernel,))
+
+
+def _cmd_compare(args) -> None:
+    _analyse_file(args, parse_kernels(args.kernels))
+
+
+def _cmd_report(args) -> None:
+    from aniso_gp.report import rebuild_report
+
+    t0 = time.perf_counter()
+    html, md = rebuild_report(args.run_dir)
+    print(f"report rebuilt in {time.perf_counter() - t0:.1f} s: {html} (and {md.name})")
+
+
+def _cmd_demo(args) -> None:
+    size = DEMO_QUICK if args.quick else DEMO_FULL
+    plan = Plan(kernels=parse_kernels(args.kernels), chains=size.chains, warmup=size.warmup,
+                samples=size.samples, seed=args.seed, holdout=0.2, progress=not args.quiet)
+    out = args.out or Path("demo_out") / f"run-{_stamp()}"
+    _check_output(out, args.force)
+    t0 = time.perf_counter()
+    data = _demo_data(size, args.seed)
+    title = "aniso-gp demo: laminated nano-brick at a known orientation"
+    run = analyse(data, plan, out, force=args.force, title=title)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s "
+          f"({len(plan.kernels)} kernels, {size.chains} chains x {size.warmup}+{size.samples}, "
+          f"{size.points} points)")
+    print(f"open {run / 'report.html'}")
+
+
+def parse_kernels(text: str) -> tuple[str, ...]:
+    """'rotated,ard' -> ('rotated', 'ard'); unknown or repeated names are a ValueError."""
+    names = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in names if k not in KERNEL_CHOICES]
+    if not names or bad:
+        raise ValueError(f"--kernels must list some of {', '.join(KERNEL_CHOICES)}; got {text!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--kernels lists a kernel twice: {text!r}")
+    return names
+
+
+def _analyse_file(args, kernels: tuple[str, ...]) -> None:
+    plan = Plan(kernels=kernels, base=args.base, parameterization=args.parameterization,
+                likelihood=args.likelihood, landmarks=args.landmarks, chains=args.chains,
+                warmup=args.warmup, samples=args.samples, seed=args.seed,
+                holdout=args.holdout, progress=not args.quiet)
+    _check_plan(plan)
+    out = args.out or Path("runs") / f"{args.data.stem}-{'-'.join(kernels)}-{_stamp()}"
+    # Refuse an existing OUT before reading data or compiling anything.
+    _check_output(out, args.force)
+    t0 = time.perf_counter()
+    data = load_data(args)
+    title = args.title or f"Anisotropy of {args.data.name}"
+    run = analyse(data, plan, out, force=args.force, title=title)
+    print(f"done in {time.perf_counter() - t0:.0f} s; open {run / 'report.html'}")
+
+
+def _check_plan(plan: Plan) -> None:
+    for name in ("chains", "warmup", "samples", "landmarks"):
+        if getattr(plan, name) < 1:
+            raise ValueError(f"--{name} must be a positive integer; got {getattr(plan, name)}")
+    if not 0.0 <= plan.holdout < 1.0:
+        raise ValueError(f"--holdout must be in [0, 1); got {plan.holdout}")
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+def load_data(args) -> Dataset:
+    """Read DATA (table or volume) and subsample it, as the options say."""
+    from aniso_gp import io
+
+    path: Path = args.data
+    with _notes():
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            X, y = io.read_table(path, x=args.x, y=args.y, z=args.z, value=args.value,
+                                 dropna=True)
+            volume = None
+            kind = f"table, columns x={args.x}, y={args.y}, z={args.z}, value={args.value}"
+            units = args.units or ""
+        else:
+            volume = io.read_volume(path, spacing=_spacing(args.spacing), shape=args.shape,
+                                    dtype=args.dtype)
+            X, y = io.volume_to_points(volume)
+            kind = (f"volume, shape {volume.shape}, spacing "
+                    f"{', '.join(f'{s:g}' for s in volume.spacing)}")
+            units = args.units if args.units is not None else volume.units
+        n_all = len(y)
+        X, y = io.subsample(X, y, args.subsample, method=args.subsample_method,
+                            seed=args.seed)
+    summary = {"source": str(path), "kind": kind, "points available": n_all,
+               "subsample": f"{len(y)} ({args.subsample_method}, seed {args.seed})"}
+    return Dataset(X=X, y=y, summary=summary, units=units, volume=volume)
+
+
+def _spacing(values):
+    """--spacing: None, one number for all axes, or one per array axis."""
+    if values is None or len(values) == 3:
+        return values
+    if len(values) == 1:
+        return values[0]
+    raise ValueError(f"--spacing takes 1 or 3 numbers; got {len(values)}")
+
+
+def _demo_data(size: DemoSize, seed: int) -> Dataset:
+    from aniso_gp import datasets, io
+
+    vol = datasets.nano_brick(shape=size.shape, texture="laminated", seed=seed)
+    X, y = io.volume_to_points(vol)
+    with _notes():
+        Xs, ys = io.subsample(X, y, size.points, method="stratified", seed=seed)
+    t = vol.truth
+    summary = {
+        "source": "datasets.nano_brick (synthetic, embedded)",
+        "kind": f"volume, shape {vol.shape}, spacing 1 voxel, laminated texture",
+        "points available": len(y),
+        "subsample": f"{len(ys)} (stratified, seed {seed})",
+        "true length-scales (voxel)": [float(v) for v in t.lengthscales],
+        "true noise sd": float(t.noise_sd),
+    }
+    return Dataset(X=Xs, y=ys, summary=summary, units="voxel", volume=vol, truth=t)
+
+
+@contextlib.contextmanager
+def _notes():
+    """Show library warnings (e.g. 'kept 400 of 13824 points') as one-line notes."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for w in caught:
+        print(f"{PROG}: note: {w.message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- #
+# The analysis
+# --------------------------------------------------------------------------- #
+def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Path:
+    """Split, fit every kernel, compare, write the run directory ``out``; returns it."""
+    from aniso_gp import inference
+    from aniso_gp.report import FITS_DIR, write_report
+
+    train, test = _split(data, plan)
+    summary = dict(data.summary)
+    summary["points fitted"] = len(train.y)
+    summary["points held out"] = 0 if test is None else len(test.y)
+    summary["extent (x, y, z)"] = [float(v) for v in np.ptp(data.X, axis=0)]
+    summary["value mean, sd"] = [float(np.mean(data.y)), float(np.std(data.y))]
+    if data.units:
+        summary["units"] = data.units
+
+    with staged_output(out, force) as stage:
+        _write_points(stage, train, test)
+        fits = {}
+        for i, kernel in enumerate(plan.kernels, start=1):
+            print(f"[{i}/{len(plan.kernels)}] fitting the {kernel} kernel: N={len(train.y)}, "
+                  f"{plan.chains} chains x ({plan.warmup} warm-up + {plan.samples} draws)",
+                  flush=True)
+            t0 = time.perf_counter()
+            f = inference.fit(
+                train.X, train.y, kernel=kernel, base=plan.base,
+                parameterization=plan.parameterization, num_chains=plan.chains,
+                num_warmup=plan.warmup, num_samples=plan.samples, seed=plan.seed,
+                progress=plan.progress, likelihood=plan.likelihood,
+                num_landmarks=min(plan.landmarks, len(train.y)),
+            )
+            f.save(stage / FITS_DIR / kernel)  # kept even if a later kernel fails
+            fits[kernel] = f
+            print(f"      {kernel}: {time.perf_counter() - t0:.0f} s", flush=True)
+        print("comparing and writing the report ...", flush=True)
+        t0 = time.perf_counter()
+        held = {} if test is None else {"X_test": test.X, "y_test": test.y}
+        comparison = inference.compare(fits, truth=data.truth, **held)
+        write_report(stage, fits, summary, comparison=comparison, truth=data.truth,
+                     title=title, volume=data.volume, units=data.units)
+        print(f"      report: {time.perf_counter() - t0:.0f} s", flush=True)
+    _print_result(out, fits, comparison, data.truth)
+    return out
+
+
+def _split(data: Dataset, plan: Plan):
+    from aniso_gp.datasets import Field
+
+    field = Field(np.asarray(data.X), np.asarray(data.y))
+    if plan.holdout == 0.0:
+        return field, None
+    return field.split(plan.holdout, seed=plan.seed)
+
+
+def _write_points(stage: Path, train, test) -> None:
+    import pandas as pd
+
+    parts = [("train", train)] + ([] if test is None else [("test", test)])
+    frame = pd.concat([
+        pd.DataFrame({"x": f.X[:, 0], "y": f.X[:, 1], "z": f.X[:, 2], "value": f.y, "set": s})
+        for s, f in parts
+    ], ignore_index=True)
+    frame.to_csv(stage / "points.csv", index=False)
+
+
+def _print_result(out: Path, fits: dict, comparison, truth) -> None:
+    """The headline of the report, on the terminal."""
+    from aniso_gp import orientation
+    from aniso_gp.report import ranking_sentence
+
+    main = next((k for k, f in fits.items() if f.kernel == "rotated"), next(iter(fits)))
+    table = fits[main].orientation()
+    print(f"\norientation ({main} kernel):")
+    for label, r in table.iterrows():
+        print(f"  {label:22s} l = {r.l_median:.3g} [{r.l_lo:.3g}, {r.l_hi:.3g}]  "
+              f"trend/plunge {r.trend_deg:5.1f} / {r.plunge_deg:4.1f} deg")
+    for note in table.attrs.get("notes", []):
+        print(f"  note: {note}")
+    if truth is not None:
+        err = orientation.axis_errors(fits[main]._draws("axes"), np.asarray(truth.axes))
+        print(f"  axis errors vs truth: {', '.join(f'{e:.1f}' for e in err)} deg")
+    print(ranking_sentence(comparison))
+    print(f"written to {out}")
+
+
+# --------------------------------------------------------------------------- #
+# Output directories
+# --------------------------------------------------------------------------- #
+def _stamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _partial(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """Refuse, before any work, an existing OUT (or a stale OUT.partial) without --force."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{str(out)!r} exists and is not a directory")
+    if out.exists() and not force:
+        raise FileExistsError(f"output directory {str(out)!r} exists; pass --force to replace "
+                              "it or choose another --out")
+    if _partial(out).exists() and not force:
+        raise FileExistsError(f"{str(_partial(out))!r} (an interrupted earlier run) exists; "
+                              "remove it or pass --force")
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, force: bool):
+    """Yield a fresh ``OUT.partial`` directory; on success it replaces ``OUT``.
+
+    ``OUT`` is replaced only with ``force``. On failure or interruption the
+    partial directory stays, and the exception gets a note saying where.
+    A stale ``OUT.partial`` from an earlier interrupted run is only removed
+    with ``force``.
+    """
+    out = Path(out)
+    _check_output(out, force)
+    stage = _partial(out)
+    if stage.exists():  # only reached with force
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException as err:
+        err.add_note(f"(finished artefacts kept in {str(stage)!r})")
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+    stage.rename(out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The ``aniso-gp`` command end to end: fit -> report on a tiny volume, output-directory
+safety, and one-line errors for user mistakes.
+
+The fit runs through ``python -m aniso_gp`` in a child process (the real entry
+point and exit status); everything else runs in-process through ``cli.main``.
+The demo's smoke run (``demo --quick``) is exercised by tests/test_report.py,
+whose report checks use it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aniso_gp import cli, datasets
+
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+TINY = ["--subsample", "50", "--holdout", "0.2", "--chains", "2", "--warmup", "40",
+        "--samples", "40", "--quiet"]
+
+
+def _aniso_gp(*argv, timeout=900) -> subprocess.CompletedProcess:
+    """Run ``python -m aniso_gp ARGV`` in a child process.
+
+    The child gets XLA's cheap-compile flags: at test sizes compiling the NUTS
+    sampler dominates, and unoptimised code compiles ~40% faster (same results).
+    """
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    return subprocess.run([sys.executable, "-m", "aniso_gp", *map(str, argv)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error_line(err: str) -> str:
+    """The one error line of stderr (notes such as 'kept 50 of 1000 points' may precede it)."""
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if not line.startswith("aniso-gp: note:")]
+    assert len(errors) == 1, err
+    assert errors[0].startswith("aniso-gp: error: ")
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_volume(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    vol = datasets.nano_brick(shape=(10, 10, 10), seed=2)
+    path = d / "brick.npy"
+    np.save(path, vol.density.astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tiny_volume, tmp_path_factory):
+    """``python -m aniso_gp fit`` on the tiny volume, in a child process (the real
+    entry point and exit status); returns the run directory."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    # ARD: the round trip does not depend on the kernel, and ARD compiles fastest.
+    proc = _aniso_gp("fit", tiny_volume, "--kernel", "ard", "--spacing", "0.5",
+                     "--units", "um", "--out", out, *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done in" in proc.stdout
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# fit -> report round trip
+# --------------------------------------------------------------------------- #
+def test_fit_writes_the_run_directory(fitted_run):
+    d = fitted_run
+    for name in ("report.html", "report.md", "summary.csv", "orientation.csv",
+                 "diagnostics.json", "comparison.csv", "points.csv", "report.json",
+                 "fits/ard/posterior.nc", "fits/ard/settings.json",
+                 "figures/stereonet.png", "figures/slices.png"):
+        assert (d / name).is_file(), name
+    assert not d.with_name(d.name + ".partial").exists()
+    points = pd.read_csv(d / "points.csv")
+    assert len(points) == 50 and set(points["set"]) == {"train", "test"}
+    # --spacing 0.5: coordinates are physical, a 10-voxel axis spans 4.5 um.
+    assert points[["x", "y", "z"]].max().max() <= 4.5 + 1e-9
+    orient = pd.read_csv(d / "orientation.csv", index_col=[0, 1])
+    assert len(orient) == 3
+    assert "um" in (d / "report.html").read_text()
+
+
+def test_report_rebuilds_a_saved_run(fitted_run, capsys):
+    (fitted_run / "report.html").unlink()
+    (fitted_run / "figures" / "stereonet.png").unlink()
+    code, out, err = _run(capsys, "report", fitted_run)
+    assert code == 0, err
+    assert "report rebuilt" in out
+    assert (fitted_run / "report.html").is_file()
+    assert (fitted_run / "figures" / "stereonet.png").is_file()
+
+
+def test_existing_output_is_not_replaced_without_force(fitted_run, tiny_volume, capsys):
+    before = (fitted_run / "report.json").read_text()
+    code, _, err = _run(capsys, "fit", tiny_volume, "--out", fitted_run, *TINY)
+    assert code == 1
+    assert "exists; pass --force" in _error_line(err)
+    assert (fitted_run / "report.json").read_text() == before
+
+
+# --------------------------------------------------------------------------- #
+# Output directory safety (no sampling)
+# --------------------------------------------------------------------------- #
+def test_staged_output_replaces_only_with_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError), cli.staged_output(out, force=False):
+        pass
+    with cli.staged_output(out, force=True) as stage:
+        assert stage != out and not (stage / "old.txt").exists()
+        (stage / "new.txt").write_text("new")
+        assert (out / "old.txt").exists()  # untouched until the run is complete
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_failed_run_keeps_finished_artefacts(tmp_path, tiny_volume, capsys, monkeypatch):
+    """The second kernel fails: the first kernel's saved fit survives in OUT.partial."""
+    from aniso_gp import inference
+
+    class FakeFit:
+        kernel = "rotated"
+
+        def save(self, path):
+            path.mkdir(parents=True)
+            (path / "settings.json").write_text("{}")
+
+    def fake_fit(X, y, kernel="rotated", **kw):
+        if kernel == "ard":
+            raise np.linalg.LinAlgError("the kernel matrix is not positive definite")
+        return FakeFit()
+
+    monkeypatch.setattr(inference, "fit", fake_fit)
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "compare", tiny_volume, "--kernels", "rotated,ard",
+                        "--out", out, *TINY)
+    assert code == 1
+    line = _error_line(err)
+    assert "not positive definite" in line and "run.partial" in line
+    assert not out.exists()
+    assert (tmp_path / "run.partial" / "fits" / "rotated" / "settings.json").is_file()
+    # A stale partial run is not silently deleted either.
+    code, _, err = _run(capsys, "compare", tiny_volume, "--out", out, *TINY)
+    assert code == 1 and "interrupted earlier run" in _error_line(err)
+
+
+# --------------------------------------------------------------------------- #
+# User errors: exit 1, one line on stderr, no traceback
+# --------------------------------------------------------------------------- #
+def test_missing_file_exits_nonzero_with_one_line(tmp_path):
+    proc = _aniso_gp("fit", tmp_path / "missing.npy", "--out", tmp_path / "o", timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("aniso-gp: error: no such file")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_column_names_the_available_ones(tmp_path, capsys):
+    table = tmp_path / "samples.csv"
+    pd.DataFrame({"east": [0.0, 1.0], "north": [0.0, 1.0], "up": [0.0, 1.0],
+                  "grade": [1.0, 2.0]}).to_csv(table, index=False)
+    code, _, err = _run(capsys, "fit", table, "--x", "east", "--y", "north", "--z", "up",
+                        "--value", "bitumen", "--out", tmp_path / "o")
+    assert code == 1
+    line = _error_line(err)
+    assert "value='bitumen'" in line and "'grade'" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "{data}", "--kernels", "rotated,gaussian"], "--kernels must list"),
+    (["fit", "{data}", "--holdout", "1.5"], "--holdout must be in"),
+    (["fit", "{data}", "--chains", "0"], "--chains must be a positive"),
+    (["fit", "{data}", "--spacing", "1", "2"], "--spacing takes 1 or 3"),
+    (["report", "{tmp}"], "not a run directory"),
+])
+def test_user_errors_are_one_line(argv, message, tiny_volume, tmp_path, capsys):
+    argv = [a.format(data=tiny_volume, tmp=tmp_path) for a in argv]
+    if argv[0] != "report":
+        argv += ["--out", str(tmp_path / "o")]
+    code, _, err = _run(capsys, *argv)
+    assert code == 1
+    assert message in _error_line(err)
+
+
+def test_help_everywhere(capsys):
+    for argv in ([], ["demo"], ["fit"], ["compare"], ["report"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([*argv, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: aniso-gp")
+    assert cli.main([]) == 2  # no command: usage on stderr
+
+
+# --------------------------------------------------------------------------- #
+# The demo (its smoke run, `demo --quick`, is the fixture of test_report.py)
+# --------------------------------------------------------------------------- #
+def test_demo_refuses_an_existing_output_before_any_work(tmp_path, capsys):
+    (tmp_path / "demo").mkdir()
+    code, _, err = _run(capsys, "demo", "--quick", "--out", tmp_path / "demo")
+    assert code == 1 and "--force" in _error_line(err)
+    code, _, err = _run(capsys, "demo", "--quick", "--kernels", "rotated,rbf")
+    assert code == 1 and "--kernels must list" in _error_line(err)
