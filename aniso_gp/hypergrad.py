@@ -69,7 +69,9 @@ A fresh randomized sketch is itself not an exact eigenbasis (``s`` is far from
 0 for flat spectra), so the criterion is the *drift* since the last refresh:
 with ``s_ref`` the value first measured after it, the basis is re-sketched only
 when ``sqrt(s^2 - s_ref^2) > tau`` (Shampoo's criterion has ``s_ref = 0``
-because its eigendecomposition is exact). ``probes=None`` computes
+because its eigendecomposition is exact). A refresh sketches with the old basis
+as its test matrix (``Y = A Q``, one step of subspace iteration), so the basis
+also improves across refreshes. ``probes=None`` computes
 ``B`` exactly (k HVPs, as expensive as a fresh sketch). The stale basis only
 preconditions CG (which still converges to its tolerance); it never defines a
 loss (DESIGN.md section 4).
@@ -326,7 +328,7 @@ class SpectralReuse:
     """
 
     rank: int
-    tau: float = 0.5
+    tau: float = 0.15
     probes: int | None = 8
     maxiter: int = 1000
     tol: float = 1e-10
@@ -572,8 +574,17 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
     refresh = ~(stale <= cfg.tau)  # also when NaN or before the first sketch
 
     def fresh(_):
-        U, lam, ok = _sketch(A, n, k, cfg.sketch, sketch_key)
-        return U, lam, ok
+        def cold(_):
+            return _sketch(A, n, k, cfg.sketch, sketch_key)
+
+        def warm(_):
+            # Re-sketch with the old basis as the test matrix: one step of subspace
+            # iteration, far closer to the new top eigenspace than a Gaussian sketch.
+            Y = _apply_columns(A, Q)
+            U, lam = _nystrom_from_sketch(Y, matmul(Q.T, Y))
+            return U, lam, _all_finite(Y)
+
+        return jax.lax.cond(state.initialized, warm, cold, None)
 
     def keep(_):
         return Q, lam_new, jnp.asarray(True)

@@ -30,11 +30,17 @@ from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 import optax
 from numpyro.infer import MCMC, NUTS, init_to_median
-from numpyro.infer.util import initialize_model, unconstrain_fn
+from numpyro.distributions import biject_to, constraints
+from numpyro.infer.util import log_density
 
 from aniso_gp import _validation as check
 from aniso_gp import diagnostics, kernels, orientation, so3
-from aniso_gp.likelihoods import exact_predict, loo_pointwise
+from aniso_gp.likelihoods import (
+    exact_predict,
+    loo_pointwise,
+    lowrank_loo_pointwise,
+    lowrank_predict,
+)
 from aniso_gp.models import (
     KERNELS,
     LIKELIHOODS,
@@ -42,6 +48,7 @@ from aniso_gp.models import (
     ModelSpec,
     Priors,
     gp_model,
+    lowrank_parts,
 )
 
 jax.config.update("jax_enable_x64", True)
@@ -235,52 +242,63 @@ def _choose_landmarks(Xs, m, method, spec, seed):
 def _pilot_frame(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
     """Chart centre and chain starts for the identifiable parameterisation.
 
-    Maximises the axis-angle posterior (same priors) from ``num_starts`` random
-    orientations with Adam, keeps the best, and canonicalises it: the frame is
-    ``R0 = exp(a_canonical)`` with columns matching the sorted length-scales.
-    Returns ``(R0, init_params)`` with per-chain starts (unconstrained, jittered).
+    Maximises the axis-angle posterior (same priors; signal and noise in log
+    space with their Jacobians, so neither collapses to 0) from ``num_starts``
+    Haar-random orientations with Adam, keeps the best, and canonicalises it:
+    ``R0 = exp(a_canonical)``, columns matching the sorted length-scales.
+    Returns ``(R0, init_params)``: per-chain unconstrained starts at the optimum
+    (``delta = 0``), jittered so R-hat can see chains that fail to mix. Everything
+    is traced inside ``jit``: running the model eagerly would compile op by op.
     """
-    aa_spec = dataclasses.replace(spec, parameterization="axis-angle")
-    info = initialize_model(
-        jax.random.PRNGKey(seed), gp_model, model_args=(Xs, ys),
-        model_kwargs={"spec": aa_spec, "landmarks": Xm}, init_strategy=init_to_median,
-    )
-    potential = info.potential_fn
-    z0 = info.param_info.z
-    key_a, key_l, key_j = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
-    rot = so3.log(so3.from_quaternion(jax.random.normal(key_a, (num_starts, 4))))
-    starts = {k: jnp.broadcast_to(v, (num_starts,) + v.shape) for k, v in z0.items()}
-    starts["axis_angle"] = rot
-    starts["log_l"] = z0["log_l"] + 0.3 * jax.random.normal(key_l, (num_starts, 3))
+    aa_kw = {"spec": dataclasses.replace(spec, parameterization="axis-angle"), "landmarks": Xm}
+
+    def neg_log_post(u):
+        params = {"mean": u["mean"], "signal": jnp.exp(u["log_signal"]),
+                  "noise": jnp.exp(u["log_noise"]), "log_l": u["log_l"],
+                  "axis_angle": u["axis_angle"]}
+        lp, _ = log_density(gp_model, (Xs, ys), aa_kw, params)
+        return -(lp + u["log_signal"] + u["log_noise"])
+
+    key_a, key_j = jax.random.split(jax.random.PRNGKey(seed + 1))
+    p = spec.priors
+    starts = {
+        "mean": jnp.zeros(num_starts),
+        "log_signal": jnp.full(num_starts, math.log(p.signal_scale)),
+        "log_noise": jnp.full(num_starts, math.log(0.5 * p.noise_scale)),
+        "log_l": jnp.full((num_starts, 3), math.log(p.lengthscale_median)),
+        "axis_angle": so3.log(so3.from_quaternion(jax.random.normal(key_a, (num_starts, 4)))),
+    }
     opt = optax.adam(0.05)
 
     @jax.jit
-    def run(z):
-        def step(carry, _):
-            z, state = carry
-            g = jax.grad(potential)(z)
-            upd, state = opt.update(g, state)
-            return (optax.apply_updates(z, upd), state), None
+    def optimise(starts):
+        def run(u):
+            def step(carry, _):
+                u, state = carry
+                upd, state = opt.update(jax.grad(neg_log_post)(u), state)
+                return (optax.apply_updates(u, upd), state), None
 
-        (z, _), _ = jax.lax.scan(step, (z, opt.init(z)), None, length=steps)
-        return z, potential(z)
+            (u, _), _ = jax.lax.scan(step, (u, opt.init(u)), None, length=steps)
+            return u, neg_log_post(u)
 
-    z, u = jax.vmap(run)(starts)
-    u = jnp.where(jnp.isfinite(u), u, jnp.inf)
-    best = info.postprocess_fn({k: v[jnp.argmin(u)] for k, v in z.items()})
-    l_sorted, a_can = so3.canonicalize(jnp.exp(best["log_l"]), best["axis_angle"])
-    frame = so3.exp(a_can)
-    init = {k: best[k] for k in ("mean", "signal", "noise")}
-    init["log_l_sorted"] = jnp.log(l_sorted)[::-1]
-    init["delta"] = jnp.zeros(3)
-    # Jitter each chain's start so R-hat can detect chains that fail to mix.
-    z_init = unconstrain_fn(
-        gp_model, (Xs, ys), {"spec": spec, "landmarks": Xm, "frame": frame}, init
-    )
-    keys = jax.random.split(key_j, len(z_init))
+        u, loss = jax.vmap(run)(starts)
+        loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
+        best = jax.tree_util.tree_map(lambda v: v[jnp.argmin(loss)], u)
+        l_sorted, a_can = so3.canonicalize(jnp.exp(best["log_l"]), best["axis_angle"])
+        z = {
+            "mean": best["mean"],
+            "signal": best["log_signal"],
+            "noise": best["log_noise"],
+            "log_l_sorted": biject_to(constraints.ordered_vector).inv(jnp.log(l_sorted)[::-1]),
+            "delta": jnp.zeros(3),
+        }
+        return so3.exp(a_can), z
+
+    frame, z = optimise(starts)
+    keys = jax.random.split(key_j, len(z))
     chains = {
-        k: z_init[k] + 0.05 * jax.random.normal(kk, (num_chains,) + jnp.shape(z_init[k]))
-        for kk, k in zip(keys, sorted(z_init), strict=True)
+        k: z[k] + 0.05 * jax.random.normal(kk, (num_chains,) + jnp.shape(z[k]))
+        for kk, k in zip(keys, sorted(z), strict=True)
     }
     if num_chains == 1:
         chains = {k: v[0] for k, v in chains.items()}
@@ -304,13 +322,12 @@ def _flat(samples, name):
 def _loo_draws(A, signal, noise, mean, Xs, ys, base, lowrank):
     """Pointwise LOO log density (S, N) in standardised units."""
     if lowrank is not None:
-        from aniso_gp.likelihoods import lowrank_loo_pointwise
-
         Xm, fitc = lowrank
 
         def one(args):
             A_, s_, e_, m_ = args
-            return lowrank_loo_pointwise(*_lowrank_parts(A_, s_, e_, Xs, Xm, base, fitc), ys - m_)
+            U, d = _lowrank_parts(A_, s_, e_, Xs, Xm, base, fitc)
+            return lowrank_loo_pointwise(U, d, ys - m_)[0]
 
     else:
 
@@ -321,14 +338,9 @@ def _loo_draws(A, signal, noise, mean, Xs, ys, base, lowrank):
     return jax.lax.map(jax.jit(one), (A, signal, noise, mean), batch_size=8)
 
 
-def _lowrank_parts(A, signal, noise, Xs, Xm, base, fitc):
-    from aniso_gp.models import nystrom_features
-
-    U = nystrom_features(Xs @ A, Xm @ A, signal**2, base)
-    d = jnp.full((Xs.shape[0],), noise**2)
-    if fitc:
-        d = d + jnp.maximum(signal**2 - jnp.sum(U * U, axis=1), 0.0)
-    return U, d
+def _lowrank_parts(A, signal, noise, Xs, Xm, base, fitc, Xn=None):
+    return lowrank_parts(Xs @ A, Xm @ A, signal, noise, base, fitc,
+                         None if Xn is None else Xn @ A)
 
 
 @jax.jit
@@ -534,19 +546,13 @@ class Fit:
                 mu, var = exact_predict(Cov, ys - m, Kx, jnp.full(Xn.shape[0], s**2))
                 return mu + m, var
         else:
-            from aniso_gp.likelihoods import lowrank_predict
-
             Xm = jnp.asarray(lm)
             fitc = self.settings["likelihood"] == "fitc"
 
             def one(args):
                 A, s, e, m = args
-                U, diag = _lowrank_parts(A, s, e, Xs, Xm, base, fitc)
-                from aniso_gp.models import nystrom_features
-
-                Un = nystrom_features(Xn @ A, Xm @ A, s**2, base)
-                mu, var = lowrank_predict(U, diag, ys - m, Un, jnp.full(Xn.shape[0], s**2),
-                                          fitc=fitc)
+                U, diag, Un = _lowrank_parts(A, s, e, Xs, Xm, base, fitc, Xn)
+                mu, var = lowrank_predict(U, diag, ys - m, Un, jnp.full(Xn.shape[0], s**2))
                 return mu + m, var
 
         mu, var = jax.lax.map(jax.jit(one), (d["A_std"], d["signal"], d["noise"], d["mean"]),

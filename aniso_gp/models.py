@@ -42,8 +42,8 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from aniso_gp import kernels, so3
-from aniso_gp.likelihoods import exact_loglik
-from aniso_gp.linalg.dense import cholesky
+from aniso_gp.likelihoods import dtc_diagonal, exact_loglik, fitc_diagonal
+from aniso_gp.linalg.nystrom import cross_factor, landmark_cholesky
 
 jax.config.update("jax_enable_x64", True)
 
@@ -246,16 +246,23 @@ def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None, frame=None):
         C = kernels.gram_transformed(Z, Z, signal**2, spec.base) + noise**2 * jnp.eye(n)
         numpyro.sample("y", GaussianProcessMVN(loc, C), obs=y)
         return
-    U = nystrom_features(Z, landmarks @ A, signal**2, spec.base)
-    diag = jnp.full((n,), noise**2)
-    if spec.likelihood == "fitc":
-        diag = diag + jnp.maximum(signal**2 - jnp.sum(U * U, axis=1), 0.0)
-    numpyro.sample("y", dist.LowRankMultivariateNormal(loc, U, diag), obs=y)
+    U, d = lowrank_parts(Z, landmarks @ A, signal, noise, spec.base, spec.likelihood == "fitc")
+    numpyro.sample("y", dist.LowRankMultivariateNormal(loc, U, d), obs=y)
 
 
-def nystrom_features(Z, Zm, variance, base):
-    """``U = K_nm L_mm^-T`` (N, m) so that ``U U^T = K_nm K_mm^-1 K_mn``."""
-    Kmm = kernels.gram_transformed(Zm, Zm, variance, base)
-    Lmm, _ = cholesky(Kmm)
-    Knm = kernels.gram_transformed(Z, Zm, variance, base)
-    return jax.scipy.linalg.solve_triangular(Lmm, Knm.T, lower=True).T
+def lowrank_parts(Z, Zm, signal, noise, base, fitc: bool, Z_new=None):
+    """Nystrom factor and diagonal of the DTC / FITC covariance ``U U^T + diag(d)``.
+
+    ``Z`` (N, 3) and ``Zm`` (m, 3) are transformed inputs and landmarks. Returns
+    ``(U, d)``, plus the rows ``U_new`` for ``Z_new`` (same landmark factor) if given.
+    """
+
+    def kfn(Z1, Z2):
+        return kernels.gram_transformed(Z1, Z2, signal**2, base)
+
+    L = landmark_cholesky(kfn, Zm)
+    U = cross_factor(kfn, Z, Zm, L)
+    d = fitc_diagonal(U, signal**2, noise**2) if fitc else dtc_diagonal(U, noise**2)
+    if Z_new is None:
+        return U, d
+    return U, d, cross_factor(kfn, Z_new, Zm, L)

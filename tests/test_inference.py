@@ -183,3 +183,30 @@ def test_bad_option_errors():
         inference.fit(X, y, num_chains=0, progress=False)
     with pytest.raises(ValueError, match="priors"):
         inference.fit(X, y, priors={"lengthscale_mean": 1.0}, progress=False)
+
+
+def test_lowrank_fit_runs_and_predicts(field):
+    train, test = field
+    fit = inference.fit(train.X, train.y, kernel="ard", likelihood="fitc", num_landmarks=30,
+                        num_chains=1, num_warmup=40, num_samples=40, seed=0, progress=False)
+    assert len(fit.settings["landmarks"]) == 30
+    mean, sd = fit.predict(test.X, num_draws=10)
+    assert np.all(np.isfinite(mean)) and np.all(sd > 0)
+    assert np.sqrt(np.mean((mean - test.y) ** 2)) < np.std(test.y)
+    assert np.all(np.isfinite(np.asarray(fit.idata.log_likelihood["y"])))
+    with pytest.raises(ValueError, match="num_landmarks"):
+        inference.fit(train.X, train.y, likelihood="dtc", num_landmarks=10_000, progress=False)
+
+
+def test_exact_likelihood_warns_on_large_n(monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(inference, "EXACT_WARN_N", 15)
+    monkeypatch.setattr(inference, "MCMC", stop)
+    rng = np.random.default_rng(0)
+    with pytest.warns(UserWarning, match="fitc"), pytest.raises(Stop):
+        inference.fit(rng.uniform(size=(20, 3)), rng.normal(size=20), progress=False)
