@@ -26,7 +26,7 @@ solver                 ``u ~ H^{-1} b``                                    HVPs
 ``Neumann(steps,lr)``  ``lr sum_{t<T} (I - lr H)^t b``                      ``T`` + 1
 ``Nystrom(k, rho)``    ``(H_k + rho I)^{-1} b``, Hataya & Yamada (2023)    ``k`` + 1
 ``NystromPCG(k,..)``   CG preconditioned by a rank-``k`` Nystrom factor    ``k`` + iterations + 1
-``SpectralReuse``      NystromPCG keeping its basis across outer steps      probes + iter. + 1
+``SpectralReuse``      NystromPCG keeping its basis across outer steps      p (+k) + iter. + 1
 ``"auto"``             ``Exact`` up to :data:`AUTO_DENSE_MAX`, else NystromPCG
 =====================  ==================================================  =====================
 
@@ -43,8 +43,11 @@ and core ``M = Omega^T Y`` (k, k), the Nystrom approximation is
 
 .. math:: (H_k + \rho I)^{-1} b = U (S^2 + \rho)^{-1} U^T b + (b - U U^T b)/\rho ,
 
-with no ``1/rho^2`` cancellation (the naive form ``b/rho - C^T (rho M + C C^T)^{-1}
-C b / rho`` subtracts two ``O(|b|/rho)`` terms and loses every digit as ``rho -> 0``).
+with no ``1/rho`` cancellation: the published form ``b/rho - C^T (rho M + C C^T)^{-1}
+C b / rho`` (``C`` the k sketched rows) subtracts two ``O(|b|/rho)`` terms, and
+where the sketch captures most of ``H`` the difference is ``O(|b|/lambda)``:
+about ``log10(lambda/rho)`` digits are lost (measured in the benchmark: 6e-3
+relative error at k = n, rho = 1e-10, where the eigen-form is exact to 4e-9).
 When the caller knows a shift ``H = A + mu I`` (the GP system ``K + s^2 I``),
 only ``A`` is sketched and ``H_k = A_k + mu I``, so the damping ``rho`` comes on
 top of ``mu``. It is an approximation, not a solver: on a captured eigen-direction
@@ -114,10 +117,12 @@ from aniso_gp.linalg.operators import EigenLowRankPlusShift, matmul
 jax.config.update("jax_enable_x64", True)
 
 #: ``solver="auto"`` uses a dense Cholesky up to this dimension and Nystrom-PCG
-#: above. On CPU the crossover measured by ``benchmarks/hypergrad_solvers.py`` is
-#: a few thousand; on a GPU a dense float64 Cholesky is cheap far beyond (74 ms
-#: at n = 20,000 on an H100), so the threshold is per platform.
-AUTO_DENSE_MAX = {"cpu": 3000, "gpu": 20000}
+#: above. ``benchmarks/hypergrad_solvers.py`` on a 2-core CPU: at n = 5,000 one
+#: dense factorisation (7 s, which serves both the inner solve and the iHVP) costs
+#: about one Nystrom-PCG solve to 1e-8 (~270 HVPs of ~25 ms); on an H100 a
+#: float64 Cholesky takes 5 ms at n = 5,000 and 74 ms at n = 20,000, so the
+#: threshold is per platform.
+AUTO_DENSE_MAX = {"cpu": 5000, "gpu": 20000}
 #: Rank, iteration cap and tolerance of the Nystrom-PCG that ``"auto"`` picks.
 AUTO_RANK = 200
 AUTO_MAXITER = 2000
@@ -314,7 +319,7 @@ class SpectralReuse:
         rank: basis size ``k``.
         tau: staleness threshold; re-sketch when the drift ``sqrt(s^2 - s_ref^2) > tau``.
         probes: Rademacher probes ``p >= 2`` per step, or ``None`` for the exact
-            ``B = Q^T A Q`` (``k`` HVPs per step).
+            ``B = Q^T A Q`` (``k`` HVPs per step, which also serve a refresh).
         maxiter, tol: of the preconditioned CG.
         sketch: sketch of a refresh, ``"gaussian"`` or ``"coordinates"``.
         seed: seed of sketches and probes (folded with the step counter).
@@ -538,8 +543,10 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
     probe_key, sketch_key = jax.random.split(key)
     Q, lam_old = state.basis, state.eigenvalues
 
+    exact = cfg.probes is None
+
     def measure(_):
-        if cfg.probes is None:
+        if exact:
             Y = _apply_columns(A, Q)  # (n, k) = A Q
             B = matmul(Q.T, Y)
             d = jnp.diagonal(B)
@@ -560,12 +567,14 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
             lam = jnp.clip(d, 0.5 * lam_old, 2.0 * lam_old)
         total = jnp.sum(Y * Y)
         stale = jnp.sqrt((inside + outside) / jnp.where(total > 0, total, 1.0))
-        return lam, jnp.where(_all_finite(Y), stale, jnp.nan)
+        stale = jnp.where(_all_finite(Y), stale, jnp.nan)
+        # The exact mode's A Q is also the test-matrix product of a warm refresh.
+        return lam, stale, (Y if exact else None)
 
     def skip(_):
-        return lam_old, jnp.asarray(jnp.inf)
+        return lam_old, jnp.asarray(jnp.inf), (jnp.zeros_like(Q) if exact else None)
 
-    lam_new, raw = jax.lax.cond(state.initialized, measure, skip, None)
+    lam_new, raw, AQ = jax.lax.cond(state.initialized, measure, skip, None)
     # A fresh sketch is not an exact eigenbasis (s > 0 from the start, large for
     # flat spectra): what the criterion must see is the drift since the refresh.
     reference = jnp.where(jnp.isnan(state.reference), raw, state.reference)
@@ -580,7 +589,7 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
         def warm(_):
             # Re-sketch with the old basis as the test matrix: one step of subspace
             # iteration, far closer to the new top eigenspace than a Gaussian sketch.
-            Y = _apply_columns(A, Q)
+            Y = AQ if exact else _apply_columns(A, Q)
             U, lam = _nystrom_from_sketch(Y, matmul(Q.T, Y))
             return U, lam, _all_finite(Y)
 
@@ -590,8 +599,9 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
         return Q, lam_new, jnp.asarray(True)
 
     Q_new, lam_new, ok = jax.lax.cond(refresh, fresh, keep, None)
-    probe_cost = cfg.probes if cfg.probes is not None else k
-    spent = jnp.where(state.initialized, probe_cost, 0) + jnp.where(refresh, k, 0)
+    probe_cost = k if exact else cfg.probes
+    refresh_cost = jnp.where(exact & state.initialized, 0, k)  # exact mode reuses its A Q
+    spent = jnp.where(state.initialized, probe_cost, 0) + jnp.where(refresh, refresh_cost, 0)
     Q_new = _require(Q_new, ok & ~jnp.isnan(stale), _nonfinite_hvp_message("spectral reuse"))
     new_state = ReuseState(
         basis=Q_new,
@@ -775,8 +785,11 @@ class ImplicitSolution:
     The iHVP's :class:`IHVPInfo` comes out through an *info sink*: call
     ``sol.with_sink(h, sink, *args)`` with ``sink = sol.sink()`` and
     differentiate with respect to ``sink`` too; its "gradient" holds
-    ``(matvecs, residual_norm, iterations)`` (``IHVPInfo.from_sink``-style via
-    :meth:`info`). Used once per outer objective, that is the one solve's record.
+    ``(matvecs, residual_norm, iterations)``, read back by :meth:`info`. With one
+    call per outer objective that is the record of its one solve (several calls
+    add up). A :class:`SpectralReuse` solver here starts from a fresh sketch on
+    every call (its state cannot leave a VJP); carry the state with
+    :func:`implicit_grad` instead.
     """
 
     def __init__(self, inner_solver, inner_loss, solver="auto"):
@@ -1056,12 +1069,11 @@ def _gp_hypergrad_step(
         return _validation_loss("nlpd", mu, var, yv)
 
     loss, g_w = jax.value_and_grad(val_loss)(w, theta)
-    if shared:
+    if shared:  # the inner solve's factor / preconditioner serves the iHVP too
         u, info_u = plan.solve(g_w, u_prev)
-        new_state = plan.state
     else:
         u, info_u = solve_ihvp(solver, matvec, g_w, shift=s2, key=k_ihvp)
-        new_state = plan.state
+    new_state = plan.state
 
     def surrogate(theta_):
         """``g(w, theta) - u^T (K(theta) + s^2(theta) I) w``, w and u fixed: gradient dg/dtheta."""

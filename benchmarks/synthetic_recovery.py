@@ -193,14 +193,24 @@ def main(argv=None):
                                  "chains": args.chains, "warmup": args.warmup,
                                  "samples": args.samples})
     t0 = time.perf_counter()
+    rows = []
+
+    def done(row):
+        # One line per finished fit, so a run cut short still leaves its results.
+        rows.append(row)
+        print("ROW", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+              flush=True)
+
     if args.jobs > 1:
         import multiprocessing as mp
 
         with cf.ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"),
                                     initializer=_init_worker) as ex:
-            rows = list(ex.map(run_one, jobs))
+            for fut in cf.as_completed([ex.submit(run_one, j) for j in jobs]):
+                done(fut.result())
     else:
-        rows = [run_one(j) for j in jobs]
+        for j in jobs:
+            done(run_one(j))
     df = pd.DataFrame(rows)
     grads = pd.DataFrame(gradient_timing([int(s) for s in args.grad_sizes.split(",")],
                                          repeats=5 if args.quick else 20))
