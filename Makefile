@@ -6,6 +6,10 @@ STAMP := $(VENV)/.installed
 # One thread per process for XLA's CPU Cholesky (DESIGN.md section 2: stable on 2 cores).
 export XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1
 export PYTHONUNBUFFERED := 1
+# One LAPACK thread per process: JAX's CPU Cholesky calls OpenBLAS, whose per-core
+# threads fight the one-chain-per-core NUTS chains.
+export OPENBLAS_NUM_THREADS ?= 1
+export OMP_NUM_THREADS ?= 1
 
 .PHONY: demo test lint setup clean
 

@@ -13,6 +13,12 @@ import os
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
+# JAX's CPU Cholesky calls LAPACK from SciPy's OpenBLAS, which starts one thread per
+# core; with one NUTS chain per core those threads fight (15-100x slower measured on
+# 2 cores). This takes effect only if NumPy/SciPy were not loaded yet: the Makefile
+# and the test suite also export it.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 import jax  # noqa: E402
 

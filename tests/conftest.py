@@ -7,6 +7,8 @@ os.environ.setdefault(
     "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
 )
 os.environ.setdefault("MPLBACKEND", "Agg")
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 os.environ.setdefault("ANISO_GP_SMOKE", "1")
 
 import jax  # noqa: E402
