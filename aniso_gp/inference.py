@@ -25,12 +25,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
-import optax
-from numpyro.infer import MCMC, NUTS, init_to_median
 from numpyro.distributions import biject_to, constraints
+from numpyro.infer import MCMC, NUTS, init_to_median
 from numpyro.infer.util import log_density
 
 from aniso_gp import _validation as check

@@ -97,7 +97,6 @@ def gradient_timing(sizes, repeats: int) -> list[dict]:
     import gpjax as gpx
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import numpyro
     import numpyro.distributions as dist
     from numpyro.infer.util import initialize_model
@@ -140,7 +139,6 @@ def gradient_timing(sizes, repeats: int) -> list[dict]:
         out["grad_over_value"] = out["aniso_gp_grad_ms"] / out["aniso_gp_value_ms"]
         out["gpjax_grad_over_ours"] = out["gpjax_pattern_grad_ms"] / out["aniso_gp_grad_ms"]
         rows.append(out)
-    del np
     return rows
 
 
