@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as _dt
-import os
 import shutil
 import sys
 import time
@@ -74,8 +73,7 @@ def main(argv=None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        with _one_blas_thread():
-            args.handler(args)
+        args.handler(args)
     except KeyboardInterrupt as err:
         where = " ".join(getattr(err, "__notes__", []))
         print(f"{PROG}: interrupted {where}".rstrip(), file=sys.stderr)
@@ -84,24 +82,6 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 1
     return 0
-
-
-def _one_blas_thread():
-    """Limit BLAS/LAPACK to one thread for the command, unless OPENBLAS_NUM_THREADS is set.
-
-    JAX's CPU Cholesky calls SciPy's OpenBLAS, which starts a thread per core by
-    default; with one NUTS chain per core those threads fight each other (a 128 x 128
-    Cholesky measured 15x slower on 2 cores, 256 x 256 up to 100x). Setting
-    ``OPENBLAS_NUM_THREADS=1`` before start-up is the real fix; this applies it at run
-    time through threadpoolctl when that is installed (it comes with the dev extras).
-    """
-    if "OPENBLAS_NUM_THREADS" in os.environ:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def one_line(err: BaseException) -> str:
