@@ -284,7 +284,7 @@ def _headline(table: pd.DataFrame, units: str) -> str:
         f"Length-scales (median) {l[0]:.3g}, {l[1]:.3g} and {l[2]:.3g}{u}: the longest is "
         f"{l[0] / l[2]:.2g} times the shortest. The shortest axis (fastest decorrelation, e.g. "
         f"the normal of laminae or layers) has trend {short['trend_deg']:.0f} deg and plunge "
-        f"{short['plunge_deg']:.0f} deg, within a {cone[-2:]}% cone of "
+        f"{short['plunge_deg']:.0f} deg, within a {cone[4:]}% cone of "
         f"{short[cone + '_deg']:.1f} deg."
     )
 
@@ -358,7 +358,7 @@ def diagnostics_sentence(d: Mapping) -> str:
 
 
 _COMPARISON_LABELS = {
-    "loo_rank": "LOO rank",
+    "loo_rank": "LOO rank (0 = best)",
     "elpd_loo": "elpd LOO",
     "elpd_se": "elpd se",
     "elpd_diff": "elpd diff",
