@@ -429,8 +429,9 @@ def _figure_blocks(fits, main, table, truth, volume, units, coarsened=False) -> 
             f"Principal axes of {main}: posterior draws, mean directions and {cone[4:]}% "
             "credible cones on a lower-hemisphere equal-area net (x East, y North, z Up)"
             + ("; stars: truth." if truth is not None else ".")),
-            _png(plots.stereonet(f._draws("axes"), mean_axes=means,
-                                 cone_deg=table[cone + "_deg"].to_numpy(), truth_axes=t_axes,
+            # Cones are left to stereonet: the same quantile of the axial angles to
+            # these means as the table's, and the legend then states the level.
+            _png(plots.stereonet(f._draws("axes"), mean_axes=means, truth_axes=t_axes,
                                  level=float(cone[4:]) / 100))),
         FigureBlock("ellipsoid", (
             f"Metric ellipsoid of {main}: the log-Euclidean posterior mean metric; its "
