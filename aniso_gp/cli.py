@@ -453,7 +453,7 @@ def _print_result(out: Path, fits: dict, comparison, truth) -> None:
     print(f"\norientation ({main} kernel):")
     for label, r in table.iterrows():
         print(f"  {label:22s} l = {r.l_median:.3g} [{r.l_lo:.3g}, {r.l_hi:.3g}]  "
-              f"trend/plunge {r.trend_deg:5.1f} / {r.plunge_deg:4.1f} deg")
+              f"trend/plunge {r.trend_deg:5.1f} / {max(r.plunge_deg, 0.0):4.1f} deg")
     for note in table.attrs.get("notes", []):
         print(f"  note: {note}")
     if truth is not None:

@@ -284,7 +284,7 @@ def _headline(table: pd.DataFrame, units: str) -> str:
         f"Length-scales (median) {l[0]:.3g}, {l[1]:.3g} and {l[2]:.3g}{u}: the longest is "
         f"{l[0] / l[2]:.2g} times the shortest. The shortest axis (fastest decorrelation, e.g. "
         f"the normal of laminae or layers) has trend {short['trend_deg']:.0f} deg and plunge "
-        f"{short['plunge_deg']:.0f} deg, within a {cone[4:]}% cone of "
+        f"{max(short['plunge_deg'], 0.0):.0f} deg, within a {cone[4:]}% cone of "
         f"{short[cone + '_deg']:.1f} deg."
     )
 
@@ -315,7 +315,8 @@ def _orientation_frame(table: pd.DataFrame, f, truth: Truth | None, units: str) 
         f"({r.dir_x:+.2f}, {r.dir_y:+.2f}, {r.dir_z:+.2f})" for r in table.itertuples()
     ]
     out["trend / plunge (deg)"] = [
-        f"{r.trend_deg:.0f} / {r.plunge_deg:.0f}" for r in table.itertuples()
+        # max(): a horizontal axis can come out at plunge -1e-17, printed "-0".
+        f"{r.trend_deg:.0f} / {max(r.plunge_deg, 0.0):.0f}" for r in table.itertuples()
     ]
     out[f"{cone[4:]}% cone (deg)"] = [f"{v:.1f}" for v in table[cone + "_deg"]]
     if truth is not None:
@@ -323,7 +324,7 @@ def _orientation_frame(table: pd.DataFrame, f, truth: Truth | None, units: str) 
         tr, pl = orientation.trend_plunge(axes.T)
         err = orientation.axis_errors(f._draws("axes"), axes)
         out["truth: l, trend / plunge"] = [
-            f"{l:.3g}, {t:.0f} / {p:.0f}"
+            f"{l:.3g}, {t:.0f} / {max(p, 0.0):.0f}"
             for l, t, p in zip(np.asarray(truth.lengthscales), tr, pl, strict=True)
         ]
         out["error (deg)"] = [f"{e:.1f}" for e in err]
@@ -362,6 +363,7 @@ _COMPARISON_LABELS = {
     "elpd_loo": "elpd LOO",
     "elpd_se": "elpd se",
     "elpd_diff": "elpd diff",
+    "elpd_dse": "se of diff",
     "p_loo": "p LOO",
     "max_pareto_k": "max Pareto k",
     "rmse": "held-out RMSE",
@@ -406,8 +408,13 @@ def ranking_sentence(comparison: pd.DataFrame) -> str:
     gaps = []
     for name, row in ranked.iloc[1:].iterrows():
         gap = best["elpd_loo"] - row["elpd_loo"]
-        se = row.get("elpd_se", float("nan"))
-        gaps.append(f"{name} by {gap:.1f} (elpd se of {name} {se:.1f})")
+        # The standard error of the difference (ArviZ's dse) is the right yardstick;
+        # without it, fall back to the model's own elpd se, which overstates it.
+        if "elpd_dse" in row and np.isfinite(row["elpd_dse"]):
+            gaps.append(f"{name} by {gap:.1f} +- {row['elpd_dse']:.1f}")
+        else:
+            se = row.get("elpd_se", float("nan"))
+            gaps.append(f"{name} by {gap:.1f} (elpd se of {name} {se:.1f})")
     text = (f"By LOO the ranking is {' > '.join(map(str, names))}: {names[0]} leads "
             + "; ".join(gaps) + ".")
     if "rmse" in comparison.columns:

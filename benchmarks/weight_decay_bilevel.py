@@ -165,8 +165,8 @@ def main(argv=None):
     g_exact = np.asarray(g_exact)
     rows = [{"solver": "exact (dense Cholesky)", "matvecs": int(sink[0]), "rel err": 0.0,
              "cosine": 1.0, "iHVP residual": float(sink[1])}]
-    for T in budgets:
-        for name, solver in solvers_at(T, lr, args.rho, not q):
+    for budget in budgets:
+        for name, solver in solvers_at(budget, lr, args.rho, not q):
             step = make_step(solver, data)
             _, (g, sink) = step(h0, hg.ImplicitSolution.sink())
             t0 = time.perf_counter()

@@ -177,6 +177,8 @@ def test_ranking_sentence_orders_by_elpd():
     assert "rotated > full > ard" in text
     assert "ard by 6.0" in text and "full by 3.5" in text
     assert "rotated < full < ard" in text
+    cmp["elpd_dse"] = [2.5, 0.0, 1.25]
+    assert "ard by 6.0 +- 2.5" in report.ranking_sentence(cmp)
 
 
 def test_markdown_table_escapes_pipes():
