@@ -7,10 +7,9 @@ that names the argument and what is wrong with it. They run eagerly (outside
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 BASES = ("rbf", "matern12", "matern32", "matern52")
 

@@ -60,7 +60,7 @@ _FORMAT_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class Standardizer:
-    """``x_std = (x - center) / x_scale`` with one scale for all axes; ``y_std = (y - y_mean) / y_sd``."""
+    """``x_std = (x - center) / x_scale`` (one scale, all axes); ``y_std = (y - y_mean) / y_sd``."""
 
     center: tuple[float, float, float]
     x_scale: float
@@ -211,7 +211,8 @@ def fit(
         "standardizer": dataclasses.asdict(std),
         "landmarks": None if Xm is None else np.asarray(Xm).tolist(),
         "landmark_method": landmarks if Xm is not None else None,
-        "frame": None if "frame" not in model_kwargs else np.asarray(model_kwargs["frame"]).tolist(),
+        "frame": (np.asarray(model_kwargs["frame"]).tolist() if "frame" in model_kwargs
+                  else None),
         "wall_time_s": wall,
     }
     idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
@@ -464,7 +465,8 @@ class Fit:
         return self._draws("metric")
 
     def canonical_draws(self) -> pd.DataFrame:
-        """One row per draw: chain, draw, canonical length-scales and axis-angle, signal, noise, mean."""
+        """One row per draw: chain, draw, canonical length-scales and axis-angle, signal,
+        noise, mean."""
         post = self.idata.posterior
         C, D = post.sizes["chain"], post.sizes["draw"]
         l = self._draws("lengthscales")
@@ -500,7 +502,7 @@ class Fit:
         return self._summary.copy()
 
     def diagnostics(self) -> dict:
-        """Divergences, max R-hat / min ESS on invariants, E-BFMI, steps per draw, flags in words."""
+        """Divergences, max R-hat / min ESS on invariants, E-BFMI, steps per draw, flags."""
         return diagnostics.sampler_report(
             self.idata, self.summary(), self.settings.get("wall_time_s")
         )
@@ -616,7 +618,8 @@ class Fit:
         nc, js = path / "posterior.nc", path / "settings.json"
         for f in (nc, js):
             if not f.exists():
-                raise FileNotFoundError(f"{f} not found: is {path} a directory written by Fit.save?")
+                raise FileNotFoundError(
+                    f"{f} not found: is {path} a directory written by Fit.save?")
         settings = json.loads(js.read_text())
         if settings.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{js}: unsupported format_version {settings.get('format_version')}")

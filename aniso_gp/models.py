@@ -99,7 +99,8 @@ class Priors:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(priors) - fields
         if unknown:
-            raise ValueError(f"`priors` has unknown keys {sorted(unknown)}; known: {sorted(fields)}")
+            raise ValueError(
+                f"`priors` has unknown keys {sorted(unknown)}; known: {sorted(fields)}")
         for k, v in priors.items():
             if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 if not (k == "mean_loc" and isinstance(v, int | float) and math.isfinite(v)):
@@ -148,7 +149,9 @@ class GaussianProcessMVN(dist.MultivariateNormal):
 
 
 class HaarExpCoords(dist.Distribution):
-    """Haar measure on SO(3) in exponential coordinates: ``p(d) = (1 - cos t) / (4 pi^2 t^2)``, ``t = |d|``.
+    """Haar measure on SO(3) in exponential coordinates.
+
+    ``p(d) = (1 - cos t) / (4 pi^2 t^2)`` with ``t = |d|``.
 
     Normalised on the ball ``t <= pi`` (each rotation once). The density is
     extended to all of R^3 for the sampler; it vanishes at ``t = 2 pi``, which

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 

@@ -92,39 +92,50 @@ def run_one(job: dict) -> dict:
     }
 
 
-def gradient_timing(sizes, repeats: int) -> list[dict]:
-    """Median time of value and value+gradient of the log density, ours vs GPJax pattern."""
+def gpjax_pattern(X, y, spec):
+    """The rotated model as GPJax documents its NumPyro use: the kernel object built
+    inside the model, the conjugate MLL added through a ``factor`` site, autodiff
+    through the Cholesky; exchangeable log length-scales and a free axis-angle."""
     import gpjax as gpx
-    import jax
     import jax.numpy as jnp
     import numpyro
     import numpyro.distributions as dist
+
+    from aniso_gp import kernels
+
+    p = spec.priors
+    mean = numpyro.sample("mean", dist.Normal(p.mean_loc, p.mean_sd))
+    signal = numpyro.sample("signal", dist.HalfNormal(p.signal_scale))
+    noise = numpyro.sample("noise", dist.HalfNormal(p.noise_scale))
+    log_l = numpyro.sample("log_l", dist.Normal(math.log(p.lengthscale_median),
+                                                p.log_lengthscale_sd).expand([3]).to_event(1))
+    a = numpyro.sample("axis_angle", dist.Normal(0.0, 1.5).expand([3]).to_event(1))
+    kern = kernels.RotatedAnisotropic(jnp.exp(log_l), a, variance=signal**2)
+    prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Constant(mean), kernel=kern)
+    post = prior * gpx.likelihoods.Gaussian(obs_stddev=noise)
+    numpyro.factor("mll", gpx.objectives.conjugate_mll(post, gpx.Dataset(X=X, y=y[:, None])))
+
+
+def _standardised_problem(n, seed):
+    from aniso_gp import datasets, inference, models
+
+    f = datasets.synthetic_field(n, REGIMES["a"]["l"], REGIMES["a"]["a"], noise_sd=0.1, seed=seed)
+    std = inference.Standardizer.from_data(f.X, f.y)
+    spec = models.ModelSpec(priors=models.Priors().standardised(
+        std.x_scale, std.y_mean, std.y_sd, std.extent))
+    return f, std, spec
+
+
+def gradient_timing(sizes, repeats: int) -> list[dict]:
+    """Median time of value and value+gradient of the log density, ours vs GPJax pattern."""
+    import jax
     from numpyro.infer.util import initialize_model
 
-    from aniso_gp import datasets, inference, kernels, models
-
-    def gpjax_pattern(X, y, spec):
-        # The model as GPJax documents its NumPyro use: kernel object built inside
-        # the model, conjugate MLL added through a factor site.
-        p = spec.priors
-        mean = numpyro.sample("mean", dist.Normal(p.mean_loc, p.mean_sd))
-        signal = numpyro.sample("signal", dist.HalfNormal(p.signal_scale))
-        noise = numpyro.sample("noise", dist.HalfNormal(p.noise_scale))
-        log_l = numpyro.sample("log_l", dist.Normal(math.log(p.lengthscale_median),
-                                                    p.log_lengthscale_sd).expand([3]).to_event(1))
-        a = numpyro.sample("axis_angle", dist.Normal(0.0, 1.5).expand([3]).to_event(1))
-        kern = kernels.RotatedAnisotropic(jnp.exp(log_l), a, variance=signal**2)
-        prior = gpx.gps.Prior(mean_function=gpx.mean_functions.Constant(mean), kernel=kern)
-        post = prior * gpx.likelihoods.Gaussian(obs_stddev=noise)
-        data = gpx.Dataset(X=X, y=y[:, None])
-        numpyro.factor("mll", gpx.objectives.conjugate_mll(post, data))
+    from aniso_gp import models
 
     rows = []
     for n in sizes:
-        f = datasets.synthetic_field(n, REGIMES["a"]["l"], REGIMES["a"]["a"], noise_sd=0.1, seed=0)
-        std = inference.Standardizer.from_data(f.X, f.y)
-        spec = models.ModelSpec(priors=models.Priors().standardised(
-            std.x_scale, std.y_mean, std.y_sd, std.extent))
+        f, std, spec = _standardised_problem(n, seed=0)
         Xs, ys = std.x(f.X), std.y(f.y)
         out = {"N": n}
         for name, model, kw in (("aniso_gp", models.gp_model, {"spec": spec, "landmarks": None}),
@@ -142,6 +153,45 @@ def gradient_timing(sizes, repeats: int) -> list[dict]:
     return rows
 
 
+def gpjax_pattern_nuts(n_train, chains, warmup, samples, seed=0) -> dict:
+    """NUTS on the GPJax-pattern model with NumPyro's defaults (diagonal mass matrix),
+    on the same regime-(a) data as :func:`run_one`; ESS on the same invariants."""
+    import jax
+    import numpy as np
+    from numpyro.infer import MCMC, NUTS
+
+    from aniso_gp import datasets, diagnostics, inference, models, so3
+
+    reg = REGIMES["a"]
+    n_total = int(round(n_train / 0.8))
+    field = datasets.synthetic_field(n_total, reg["l"], reg["a"], noise_sd=0.1,
+                                     seed=1000 * seed + n_total)
+    train, _ = field.split(0.2, seed=seed)
+    std = inference.Standardizer.from_data(train.X, train.y)
+    spec = models.ModelSpec(priors=models.Priors().standardised(
+        std.x_scale, std.y_mean, std.y_sd, std.extent))
+    t0 = time.perf_counter()
+    mcmc = MCMC(NUTS(gpjax_pattern), num_warmup=warmup, num_samples=samples,
+                num_chains=chains, chain_method="parallel", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(seed), std.x(train.X), std.y(train.y), spec=spec,
+             extra_fields=("num_steps", "diverging"))
+    s = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    wall = time.perf_counter() - t0
+    l = np.exp(s["log_l"])
+    M = np.asarray(so3.metric(l, s["axis_angle"]))
+    inv = {f"l{i + 1}": np.sort(l, axis=-1)[..., ::-1][..., i] for i in range(3)}
+    for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
+        inv[f"M_{i}{j}"] = M[..., i, j]
+    inv.update(signal=s["signal"], noise=s["noise"], mean=s["mean"])
+    summ = diagnostics.invariant_summary(inv)
+    ex = mcmc.get_extra_fields()
+    return {"model": "gpjax-pattern (NUTS defaults)", "n_train": n_train,
+            "max_rhat": float(summ.r_hat.max()), "min_ess": float(summ.ess_bulk.min()),
+            "steps_per_draw": float(np.mean(ex["num_steps"])),
+            "div_frac": float(np.mean(ex["diverging"])), "wall_s": wall,
+            "ess_per_s": float(summ.ess_bulk.min()) / wall}
+
+
 def _median_ms(fn, z, repeats):
     import jax
     import numpy as np
@@ -153,6 +203,22 @@ def _median_ms(fn, z, repeats):
         jax.block_until_ready(fn(z))
         ts.append(time.perf_counter() - t)
     return 1e3 * float(np.median(ts))
+
+
+def read_log(path):
+    """(fit rows, baseline row or None, gradient rows or None) from an earlier run's stdout."""
+    import ast
+
+    rows, base, grads = [], None, None
+    for line in Path(path).read_text().splitlines():
+        tag, _, rest = line.partition(" ")
+        if tag == "ROW":
+            rows.append(ast.literal_eval(rest))
+        elif tag == "BASELINE":
+            base = ast.literal_eval(rest)
+        elif tag == "GRADS":
+            grads = ast.literal_eval(rest)
+    return rows, base, grads
 
 
 def _init_worker():
@@ -171,30 +237,47 @@ def main(argv=None):
     ap.add_argument("--large-n", type=int, default=500, help="extra N_train for regime (a)")
     ap.add_argument("--jobs", type=int, default=1, help="fits run in parallel processes")
     ap.add_argument("--grad-sizes", default="500,2000")
+    ap.add_argument("--baseline-n", type=int, default=200,
+                    help="N_train of the GPJax-pattern NUTS run in regime (a), seed 0 (0: skip)")
     ap.add_argument("--out", default="reports/synthetic_recovery.md")
     ap.add_argument("--no-append", action="store_true", help="print only, write no report")
+    ap.add_argument("--resume", metavar="LOG",
+                    help="stdout of an earlier run: keep its results, run only what is missing")
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.chains, args.warmup, args.samples = 1, 2, 60, 60
-        args.large_n, args.grad_sizes = 0, "200"
+        args.large_n, args.grad_sizes, args.baseline_n = 0, "200", 60
     import pandas as pd
 
+    prior_rows, prior_base, prior_grads = read_log(args.resume) if args.resume else ([], None, None)
+    finished = {(r["regime"], r["n_train"], r["seed"], r["model"]) for r in prior_rows}
     jobs = []
     for regime in args.regimes.split(","):
         sizes = [60 if args.quick else 200]
         if regime == "a" and args.large_n:
-            sizes.append(args.large_n)
+            sizes.insert(0, args.large_n)  # the fits behind most targets first
         for n in sizes:
             for seed in range(args.seeds):
                 for model in args.models.split(","):
-                    jobs.append({"regime": regime, "n_train": n, "seed": seed, "model": model,
-                                 "chains": args.chains, "warmup": args.warmup,
-                                 "samples": args.samples})
+                    if (regime, n, seed, model) not in finished:
+                        jobs.append({"regime": regime, "n_train": n, "seed": seed,
+                                     "model": model, "chains": args.chains,
+                                     "warmup": args.warmup, "samples": args.samples})
     t0 = time.perf_counter()
-    rows = []
+    # Short measurements first; every result is printed as one line as soon as it
+    # exists, so a run cut short can be completed with --resume.
+    grads = prior_grads
+    if grads is None:
+        grads = gradient_timing([int(s) for s in args.grad_sizes.split(",")],
+                                repeats=5 if args.quick else 20)
+        print("GRADS", grads, flush=True)
+    b = prior_base
+    if b is None and args.baseline_n:
+        b = gpjax_pattern_nuts(args.baseline_n, args.chains, args.warmup, args.samples)
+        print("BASELINE", b, flush=True)
+    rows = list(prior_rows)
 
     def done(row):
-        # One line per finished fit, so a run cut short still leaves its results.
         rows.append(row)
         print("ROW", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
               flush=True)
@@ -210,14 +293,18 @@ def main(argv=None):
         for j in jobs:
             done(run_one(j))
     df = pd.DataFrame(rows)
-    grads = pd.DataFrame(gradient_timing([int(s) for s in args.grad_sizes.split(",")],
-                                         repeats=5 if args.quick else 20))
+    grads = pd.DataFrame(grads)
+    base = pd.DataFrame()
+    if b:
+        ours = df[(df.regime == "a") & (df.n_train == b["n_train"]) & (df.seed == 0)]
+        base = pd.concat([pd.DataFrame([b]), ours[list(b)]], ignore_index=True)
+        base["ess_per_s / baseline"] = base["ess_per_s"] / b["ess_per_s"]
     total = time.perf_counter() - t0
 
     per_seed = df.drop(columns=["notes"]).round(4)
     med = (df.drop(columns=["seed", "notes"]).groupby(["regime", "n_train", "model"])
            .median(numeric_only=True).round(4))
-    checks = targets(df)
+    checks = targets(df, base)
     cmd = "python benchmarks/synthetic_recovery.py " + " ".join(argv or sys.argv[1:])
     text = "\n".join([
         f"## Synthetic recovery ({dt.datetime.now():%Y-%m-%d %H:%M})",
@@ -234,6 +321,10 @@ def main(argv=None):
         "### Targets (issue 3)",
         "",
         checks.to_markdown(index=False),
+        "",
+        f"### Against the GPJax-pattern model under NUTS (regime a, N={args.baseline_n}, seed 0)",
+        "",
+        base.round(4).to_markdown(index=False) if len(base) else "(skipped)",
         "",
         "### Gradient timing (one log-density gradient, ms, median)",
         "",
@@ -258,7 +349,7 @@ def main(argv=None):
         print(f"appended to {out}")
 
 
-def targets(df):
+def targets(df, base=None):
     """The issue's targets, evaluated on the medians over seeds."""
     import numpy as np
     import pandas as pd
@@ -303,6 +394,10 @@ def targets(df):
     for m in ("rotated-id", "rotated-aa"):
         s = med("a", m, "steps_per_draw", n_a)
         add(f"(a) N={n_a} {m}: leapfrog steps per draw <= 15", s, s <= 15)
+    if base is not None and len(base):
+        for _, r in base.iloc[1:].iterrows():
+            ratio = r["ess_per_s / baseline"]
+            add(f"(a) N={r.n_train} {r.model}: ESS/s >= 5x GPJax pattern", ratio, ratio >= 5)
     return pd.DataFrame(rows)
 
 

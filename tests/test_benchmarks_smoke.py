@@ -21,3 +21,16 @@ def test_linalg_scaling_quick():
     for title in ("### 1. FITC", "### 2. Accuracy", "### 3. CG"):
         assert title in proc.stdout
     assert "appended to" not in proc.stdout
+
+
+def test_large_fit_quick():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "large_fit.py"), "--quick", "--no-append"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| steps/draw" in proc.stdout and "| rel. Frobenius" in proc.stdout
+    assert "appended to" not in proc.stdout

@@ -128,7 +128,8 @@ def test_exact_observation_site_equals_dense_mvn(small_data):
     X, y = small_data
     spec = _spec(kernel="rotated")
     params = {"mean": 0.2, "signal": 0.9, "noise": 0.3,
-              "log_l": jnp.log(jnp.array([0.7, 0.4, 0.2])), "axis_angle": jnp.array([0.3, -0.5, 1.0])}
+              "log_l": jnp.log(jnp.array([0.7, 0.4, 0.2])),
+              "axis_angle": jnp.array([0.3, -0.5, 1.0])}
     lp, tr = log_density(models.gp_model, (X, y), {"spec": spec}, params)
     A = so3.exp(params["axis_angle"]) / jnp.exp(params["log_l"])
     Z = np.asarray(X @ A)

@@ -98,3 +98,48 @@ def checked_cholesky(K, name: str = "covariance matrix") -> tuple[jnp.ndarray, f
             " length-scale far larger than the domain?)"
         )
     return L, float(jitter)
+
+
+def triangular_inverse(L: jnp.ndarray, block: int = 64) -> jnp.ndarray:
+    r"""Inverse of a lower-triangular ``L`` (n, n) by recursive 2 x 2 blocking.
+
+    .. math::
+        \begin{pmatrix} A & 0 \\ B & D \end{pmatrix}^{-1}
+        = \begin{pmatrix} A^{-1} & 0 \\ -D^{-1} B A^{-1} & D^{-1} \end{pmatrix}
+
+    Blocks of at most ``block`` rows are inverted by a triangular solve. About
+    ``2/3 n^3`` flops in matrix products, against ``n^3`` for a triangular solve
+    with the identity as right-hand side (which does not know its result is
+    triangular). Returns a lower-triangular (n, n) array.
+    """
+    n = L.shape[-1]
+    if n <= block:
+        return jax.scipy.linalg.solve_triangular(L, jnp.eye(n, dtype=L.dtype), lower=True)
+    h = n // 2
+    Ai = triangular_inverse(L[:h, :h], block)
+    Di = triangular_inverse(L[h:, h:], block)
+    lower_left = -(Di @ (L[h:, :h] @ Ai))
+    return jnp.block([[Ai, jnp.zeros((h, n - h), L.dtype)], [lower_left, Di]])
+
+
+def _lower_gram(X: jnp.ndarray, block: int) -> jnp.ndarray:
+    """``X^T X`` for lower-triangular ``X``: the two diagonal blocks recursively."""
+    n = X.shape[-1]
+    if n <= block:
+        return X.T @ X
+    h = n // 2
+    B, D = X[h:, :h], X[h:, h:]
+    top_left = _lower_gram(X[:h, :h], block) + B.T @ B
+    top_right = B.T @ D
+    return jnp.block([[top_left, top_right], [top_right.T, _lower_gram(D, block)]])
+
+
+def inverse_from_cholesky(L: jnp.ndarray, block: int = 64) -> jnp.ndarray:
+    r"""``C^{-1} = L^{-T} L^{-1}`` (n, n) from the lower Cholesky factor ``L`` of ``C``.
+
+    Both steps exploit the triangular structure (:func:`triangular_inverse` and a
+    blocked ``L^{-T} L^{-1}``): about ``4/3 n^3`` flops, against ``3 n^3`` for a
+    triangular solve followed by a dense product, and ``2 n^3`` for ``cho_solve``
+    with the identity. This is the reverse pass of the exact GP likelihood.
+    """
+    return _lower_gram(triangular_inverse(L, block), block)
