@@ -103,8 +103,8 @@ def main(argv=None):
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.n_test, args.m, args.grid = 400, 100, 32, 12
-        args.warmup = args.samples = 30
+        args.n, args.n_test, args.m, args.grid = 200, 50, 16, 8
+        args.warmup = args.samples = 20
 
     import numpy as np
     import pandas as pd
