@@ -16,7 +16,7 @@ def _spd(n, seed=0, cond=1e6):
     return (Q * np.geomspace(1.0, 1.0 / cond, n)) @ Q.T
 
 
-# Sizes around the block size (64) and odd splits exercise every recursion branch.
+# Sizes around the block size (64 here) and odd splits exercise every recursion branch.
 @pytest.mark.parametrize("n,block", [(1, 64), (7, 64), (64, 64), (65, 64), (129, 64),
                                      (200, 16), (301, 32)])
 def test_triangular_inverse_matches_scipy(n, block):
@@ -34,3 +34,10 @@ def test_inverse_from_cholesky_matches_dense_inverse(n, block):
     ref = scipy.linalg.inv(C)
     assert np.max(np.abs(Ci - ref)) <= 1e-10 * np.max(np.abs(ref))
     assert np.max(np.abs(Ci - Ci.T)) <= 1e-14 * np.max(np.abs(ref))
+
+
+def test_default_block_recurses_correctly():
+    C = _spd(300, seed=3, cond=1e4)  # 300 > 2 x 128: two levels of recursion
+    Ci = np.asarray(inverse_from_cholesky(jnp.asarray(np.linalg.cholesky(C))))
+    ref = scipy.linalg.inv(C)
+    assert np.max(np.abs(Ci - ref)) <= 1e-10 * np.max(np.abs(ref))

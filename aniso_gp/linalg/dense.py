@@ -100,7 +100,7 @@ def checked_cholesky(K, name: str = "covariance matrix") -> tuple[jnp.ndarray, f
     return L, float(jitter)
 
 
-def triangular_inverse(L: jnp.ndarray, block: int = 64) -> jnp.ndarray:
+def triangular_inverse(L: jnp.ndarray, block: int = 128) -> jnp.ndarray:
     r"""Inverse of a lower-triangular ``L`` (n, n) by recursive 2 x 2 blocking.
 
     .. math::
@@ -134,7 +134,7 @@ def _lower_gram(X: jnp.ndarray, block: int) -> jnp.ndarray:
     return jnp.block([[top_left, top_right], [top_right.T, _lower_gram(D, block)]])
 
 
-def inverse_from_cholesky(L: jnp.ndarray, block: int = 64) -> jnp.ndarray:
+def inverse_from_cholesky(L: jnp.ndarray, block: int = 128) -> jnp.ndarray:
     r"""``C^{-1} = L^{-T} L^{-1}`` (n, n) from the lower Cholesky factor ``L`` of ``C``.
 
     Both steps exploit the triangular structure (:func:`triangular_inverse` and a
