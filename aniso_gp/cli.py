@@ -459,6 +459,12 @@ def _print_result(out: Path, fits: dict, comparison, truth) -> None:
     if truth is not None:
         err = orientation.axis_errors(fits[main]._draws("axes"), np.asarray(truth.axes))
         print(f"  axis errors vs truth: {', '.join(f'{e:.1f}' for e in err)} deg")
+    print("diagnostics (invariants):")
+    for name, f in fits.items():
+        d = f.diagnostics()
+        print(f"  {name:8s} max R-hat {d['max_r_hat']:.3f}, min bulk ESS {d['min_ess_bulk']:.0f}, "
+              f"{d['divergences']} divergences, {d['mean_steps_per_draw']:.1f} steps/draw: "
+              + "; ".join(d["flags"]))
     print(ranking_sentence(comparison))
     print(f"written to {out}")
 

@@ -49,6 +49,10 @@ def invariant_summary(draws: dict[str, np.ndarray]) -> pd.DataFrame:
     for name, x in draws.items():
         x = np.asarray(x, dtype=float)
         q5, q50, q95 = np.quantile(x, [0.05, 0.5, 0.95])
+        if np.ptp(x) == 0:  # fixed by the model (an ARD off-diagonal): nothing to diagnose
+            rows[name] = {"mean": x.mean(), "sd": 0.0, "q5": q5, "q50": q50, "q95": q95,
+                          "r_hat": np.nan, "ess_bulk": np.nan, "ess_tail": np.nan}
+            continue
         rows[name] = {
             "mean": x.mean(),
             "sd": x.std(ddof=1),

@@ -248,6 +248,8 @@ def main(argv=None):
         args.large_n, args.grad_sizes, args.baseline_n = 0, "200", 60
     import pandas as pd
 
+    import aniso_gp  # noqa: F401  (x64 and the CPU devices, also for the machine line)
+
     prior_rows, prior_base, prior_grads = read_log(args.resume) if args.resume else ([], None, None)
     finished = {(r["regime"], r["n_train"], r["seed"], r["model"]) for r in prior_rows}
     jobs = []
@@ -314,7 +316,8 @@ def main(argv=None):
         f"Machine: {machine()}  ",
         f"Command: `{cmd}`  ",
         f"Chains x draws: {args.chains} x {args.samples} (warmup {args.warmup}); "
-        f"seeds {args.seeds}; total wall {total:.0f} s",
+        f"seeds {args.seeds}; wall of this invocation {total:.0f} s, of all fits in the "
+        f"report {df.wall_s.sum():.0f} s",
         "",
         "### Median over seeds",
         "",
