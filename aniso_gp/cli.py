@@ -55,9 +55,10 @@ class DemoSize:
 
 # Full demo: the default 24^3 nano-brick, 400 points (320 to fit, 80 held out), one
 # chain per core of 250 + 250 draws: 153 s for the three kernels and the report on 2
-# idle cores (measured), a good part of it compiling the samplers. With 320 points the posterior mean
-# axes land within ~5 degrees of the truth; with 256 the two long in-plane axes
-# (10 and 6 voxels) drift to ~15 degrees. Quick: a smoke run of the same pipeline.
+# idle cores (measured), a good part of it compiling the samplers. With 320 points the
+# posterior mean axes land within ~5 degrees of the truth; with 256 the two long
+# in-plane axes (10 and 6 voxels) drift to ~15 degrees. Quick: a smoke run of the same
+# pipeline.
 DEMO_FULL = DemoSize(shape=(24, 24, 24), points=400, chains=2, warmup=250, samples=250)
 DEMO_QUICK = DemoSize(shape=(12, 12, 12), points=50, chains=2, warmup=40, samples=40)
 

@@ -7,6 +7,10 @@ example inside a custom-VJP likelihood); there a failure shows as a non-finite
 factor, which the sampler treats as a rejected proposal. ``checked_cholesky``
 is the eager wrapper for user-facing code: it raises a ``LinAlgError`` that
 says what failed instead of returning NaN.
+
+``triangular_inverse`` and ``inverse_from_cholesky`` give ``L^-1`` and ``C^-1``
+from the factor with blocked products that exploit the triangular structure;
+they are the reverse pass of the exact GP likelihood.
 """
 
 from __future__ import annotations
