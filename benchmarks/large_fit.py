@@ -60,11 +60,9 @@ def gradient_ms(X, y, fit, repeats=5):
     import numpy as np
     from numpyro.infer.util import initialize_model
 
-    from aniso_gp import inference, models
+    from aniso_gp import models
 
-    s = fit.settings
-    std = inference.Standardizer(**{k: (tuple(v) if k == "center" else v)
-                                    for k, v in s["standardizer"].items()})
+    s, std = fit.settings, fit.std
     spec = models.ModelSpec(kernel=s["kernel"], base=s["base"],
                             parameterization=s["parameterization"], likelihood=s["likelihood"],
                             priors=models.Priors(**s["priors"]).standardised(

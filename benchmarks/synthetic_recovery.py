@@ -58,13 +58,9 @@ def run_one(job: dict) -> dict:
     """One fit: returns a row of metrics (runs in a worker process)."""
     import numpy as np
 
-    from aniso_gp import datasets, inference
+    from aniso_gp import inference
 
-    reg = REGIMES[job["regime"]]
-    n_total = int(round(job["n_train"] / 0.8))
-    field = datasets.synthetic_field(n_total, reg["l"], reg["a"], noise_sd=0.1,
-                                     seed=1000 * job["seed"] + n_total)
-    train, test = field.split(0.2, seed=job["seed"])
+    train, test = regime_data(job["regime"], job["n_train"], job["seed"])
     t0 = time.perf_counter()
     fit = inference.fit(train.X, train.y, num_chains=job["chains"], num_warmup=job["warmup"],
                         num_samples=job["samples"], seed=job["seed"], progress=False,
@@ -116,14 +112,24 @@ def gpjax_pattern(X, y, spec):
     numpyro.factor("mll", gpx.objectives.conjugate_mll(post, gpx.Dataset(X=X, y=y[:, None])))
 
 
-def _standardised_problem(n, seed):
-    from aniso_gp import datasets, inference, models
+def regime_data(regime, n_train, seed):
+    """(train, test) fields of one regime: N_train / 0.8 points, 20% held out."""
+    from aniso_gp import datasets
 
-    f = datasets.synthetic_field(n, REGIMES["a"]["l"], REGIMES["a"]["a"], noise_sd=0.1, seed=seed)
-    std = inference.Standardizer.from_data(f.X, f.y)
-    spec = models.ModelSpec(priors=models.Priors().standardised(
+    reg = REGIMES[regime]
+    n_total = int(round(n_train / 0.8))
+    field = datasets.synthetic_field(n_total, reg["l"], reg["a"], noise_sd=0.1,
+                                     seed=1000 * seed + n_total)
+    return field.split(0.2, seed=seed)
+
+
+def _standardised(X, y):
+    """The fit's standardiser and the default model spec on its scale."""
+    from aniso_gp import inference, models
+
+    std = inference.Standardizer.from_data(X, y)
+    return std, models.ModelSpec(priors=models.Priors().standardised(
         std.x_scale, std.y_mean, std.y_sd, std.extent))
-    return f, std, spec
 
 
 def gradient_timing(sizes, repeats: int) -> list[dict]:
@@ -132,11 +138,13 @@ def gradient_timing(sizes, repeats: int) -> list[dict]:
     import numpy as np
     from numpyro.infer.util import initialize_model
 
-    from aniso_gp import models
+    from aniso_gp import datasets, models
 
     rows = []
     for n in sizes:
-        f, std, spec = _standardised_problem(n, seed=0)
+        f = datasets.synthetic_field(n, REGIMES["a"]["l"], REGIMES["a"]["a"], noise_sd=0.1,
+                                     seed=0)
+        std, spec = _standardised(f.X, f.y)
         Xs, ys = std.x(f.X), std.y(f.y)
         fns = {}
         for name, model, kw in (("aniso_gp", models.gp_model, {"spec": spec, "landmarks": None}),
@@ -170,16 +178,10 @@ def gpjax_pattern_nuts(n_train, chains, warmup, samples, seed=0) -> dict:
     import numpy as np
     from numpyro.infer import MCMC, NUTS
 
-    from aniso_gp import datasets, diagnostics, inference, models, so3
+    from aniso_gp import diagnostics, so3
 
-    reg = REGIMES["a"]
-    n_total = int(round(n_train / 0.8))
-    field = datasets.synthetic_field(n_total, reg["l"], reg["a"], noise_sd=0.1,
-                                     seed=1000 * seed + n_total)
-    train, _ = field.split(0.2, seed=seed)
-    std = inference.Standardizer.from_data(train.X, train.y)
-    spec = models.ModelSpec(priors=models.Priors().standardised(
-        std.x_scale, std.y_mean, std.y_sd, std.extent))
+    train, _ = regime_data("a", n_train, seed)
+    std, spec = _standardised(train.X, train.y)
     t0 = time.perf_counter()
     mcmc = MCMC(NUTS(gpjax_pattern), num_warmup=warmup, num_samples=samples,
                 num_chains=chains, chain_method="parallel", progress_bar=False)

@@ -8,29 +8,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_linalg_scaling_quick():
+def _quick(script: str, timeout: int) -> str:
+    """Run ``benchmarks/<script> --quick --no-append``; return its stdout."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "linalg_scaling.py"), "--quick", "--no-append"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--no-append"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         cwd=ROOT,
         env={**os.environ, "JAX_ENABLE_X64": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for title in ("### 1. FITC", "### 2. Accuracy", "### 3. CG"):
-        assert title in proc.stdout
     assert "appended to" not in proc.stdout
+    return proc.stdout
+
+
+def test_linalg_scaling_quick():
+    out = _quick("linalg_scaling.py", timeout=180)
+    for title in ("### 1. FITC", "### 2. Accuracy", "### 3. CG"):
+        assert title in out
 
 
 def test_large_fit_quick():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "large_fit.py"), "--quick", "--no-append"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| steps/draw" in proc.stdout and "| rel. Frobenius" in proc.stdout
-    assert "appended to" not in proc.stdout
+    out = _quick("large_fit.py", timeout=300)
+    assert "| steps/draw" in out and "| rel. Frobenius" in out
