@@ -29,7 +29,6 @@ import optax
 import pandas as pd
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
-from numpyro.distributions import biject_to, constraints
 from numpyro.infer import MCMC, NUTS, init_to_median
 from numpyro.infer.util import log_density
 
@@ -49,6 +48,7 @@ from aniso_gp.models import (
     Priors,
     gp_model,
     lowrank_parts,
+    vech,
 )
 
 jax.config.update("jax_enable_x64", True)
@@ -119,8 +119,9 @@ def fit(
         base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
         parameterization: for the rotated kernel, ``"axis-angle"`` (the paper's:
             exchangeable length-scales, free axis-angle) or ``"identifiable"``
-            (ordered length-scales, rotation in a local chart around a pilot
-            MAP frame with the Haar prior; see :mod:`aniso_gp.models`).
+            (the matrix logarithm of the metric, six unconstrained numbers with a
+            Gaussian-orthogonal-ensemble prior; chains start at a pilot MAP; see
+            :mod:`aniso_gp.models`).
         num_chains, num_warmup, num_samples: NUTS settings.
         seed: random seed (fits are reproducible).
         progress: show the sampler's progress bar.
@@ -166,8 +167,7 @@ def fit(
     model_kwargs = {"spec": spec, "landmarks": Xm}
     init_params = None
     if spec.kernel == "rotated" and spec.parameterization == "identifiable":
-        frame, init_params = _pilot_frame(Xs, ys, spec, Xm, seed, num_chains)
-        model_kwargs["frame"] = frame
+        init_params = _pilot_start(Xs, ys, spec, Xm, seed, num_chains)
 
     nuts = NUTS(
         gp_model,
@@ -211,8 +211,6 @@ def fit(
         "standardizer": dataclasses.asdict(std),
         "landmarks": None if Xm is None else np.asarray(Xm).tolist(),
         "landmark_method": landmarks if Xm is not None else None,
-        "frame": (np.asarray(model_kwargs["frame"]).tolist() if "frame" in model_kwargs
-                  else None),
         "wall_time_s": wall,
     }
     idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
@@ -240,16 +238,15 @@ def _choose_landmarks(Xs, m, method, spec, seed):
     return Xs[np.asarray(idx)]
 
 
-def _pilot_frame(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
-    """Chart centre and chain starts for the identifiable parameterisation.
+def _pilot_start(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
+    """Chain starts for the identifiable parameterisation, at a pilot MAP.
 
-    Maximises the axis-angle posterior (same priors; signal and noise in log
+    Maximises the axis-angle posterior (same likelihood; signal and noise in log
     space with their Jacobians, so neither collapses to 0) from ``num_starts``
-    Haar-random orientations with Adam, keeps the best, and canonicalises it:
-    ``R0 = exp(a_canonical)``, columns matching the sorted length-scales.
-    Returns ``(R0, init_params)``: per-chain unconstrained starts at the optimum
-    (``delta = 0``), jittered so R-hat can see chains that fail to mix. Everything
-    is traced inside ``jit``: running the model eagerly would compile op by op.
+    Haar-random orientations with Adam, keeps the best, and converts it to
+    ``log_metric = vech(R diag(-2 log l) R^T)``. Returns per-chain unconstrained
+    starts, jittered so R-hat can see chains that fail to mix. Everything is
+    traced inside ``jit``: running the model eagerly would compile op by op.
     """
     aa_kw = {"spec": dataclasses.replace(spec, parameterization="axis-angle"), "landmarks": Xm}
 
@@ -285,17 +282,15 @@ def _pilot_frame(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
         u, loss = jax.vmap(run)(starts)
         loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
         best = jax.tree_util.tree_map(lambda v: v[jnp.argmin(loss)], u)
-        l_sorted, a_can = so3.canonicalize(jnp.exp(best["log_l"]), best["axis_angle"])
-        z = {
+        R = so3.exp(best["axis_angle"])
+        return {
             "mean": best["mean"],
             "signal": best["log_signal"],
             "noise": best["log_noise"],
-            "log_l_sorted": biject_to(constraints.ordered_vector).inv(jnp.log(l_sorted)[::-1]),
-            "delta": jnp.zeros(3),
+            "log_metric": vech((R * (-2.0 * best["log_l"])) @ R.T),
         }
-        return so3.exp(a_can), z
 
-    frame, z = optimise(starts)
+    z = optimise(starts)
     keys = jax.random.split(key_j, len(z))
     chains = {
         k: z[k] + 0.05 * jax.random.normal(kk, (num_chains,) + jnp.shape(z[k]))
@@ -303,7 +298,7 @@ def _pilot_frame(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
     }
     if num_chains == 1:
         chains = {k: v[0] for k, v in chains.items()}
-    return frame, chains
+    return chains
 
 
 # --------------------------------------------------------------------------- #
@@ -367,19 +362,12 @@ def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
         "mean": samples["mean"] * std.y_sd + std.y_mean,
         "A_std": A,
     }
-    if spec.kernel != "full":
-        if "log_l_sorted" in samples:
-            l_raw = np.exp(samples["log_l_sorted"][..., ::-1])
-        else:
-            l_raw = np.exp(samples["log_l"])
-        posterior["lengthscales_raw"] = l_raw * std.x_scale
-    if spec.kernel == "rotated":
-        if "delta" in samples:
-            frame = jnp.asarray(settings["frame"])
-            a_raw = np.asarray(jax.jit(lambda d: so3.log(frame @ so3.exp(d)))(samples["delta"]))
-        else:
-            a_raw = samples["axis_angle"]
-        posterior["axis_angle_raw"] = a_raw
+    # The sampler's own labelling, before canonicalisation; the identifiable
+    # parameterisation has none (each point is one metric).
+    if "log_l" in samples and spec.kernel != "full":
+        posterior["lengthscales_raw"] = np.exp(samples["log_l"]) * std.x_scale
+    if "axis_angle" in samples:
+        posterior["axis_angle_raw"] = samples["axis_angle"]
 
     Xs, ys = std.x(X), std.y(y)
     lowrank = None if Xm is None else (jnp.asarray(Xm), spec.likelihood == "fitc")

@@ -56,6 +56,12 @@ _TIE_TOL = 1e-12
 # resolve, and the rotation mixing the two axes then barely changes the field.
 _RATIO_TOL = 0.05
 
+# An axis whose credible cone is wider than this many degrees is reported as
+# weakly identified even when the length-scale ratios are resolved: a posterior
+# spread of +-30 deg is too wide to read a direction from, and it is what a
+# near-equal pair looks like once the prior keeps the ratio away from 1.
+CONE_LIMIT_DEG = 30.0
+
 
 # --------------------------------------------------------------------------- #
 # input coercion                                                              #
@@ -473,6 +479,7 @@ def orientation_table(
     interval: float = 0.9,
     cone_level: float = 0.95,
     extent=None,
+    cone_limit_deg: float = CONE_LIMIT_DEG,
 ) -> pd.DataFrame:
     """One row per principal axis: length-scale, direction, trend/plunge, cone, note.
 
@@ -487,13 +494,16 @@ def orientation_table(
         along x, y, z. For a box, the extent along a unit direction ``d`` is
         the width of its projection, ``sum_i |d_i| L_i``; that is what each
         axis's length-scale is compared against.
+    cone_limit_deg : an axis with a wider cone is noted as weakly identified
+        (:func:`cone_notes`).
 
     Returns
     -------
     DataFrame indexed by "axis 1 (longest)", "axis 2 (intermediate)",
     "axis 3 (shortest)" with columns ``l_median, l_lo, l_hi, dir_x, dir_y,
     dir_z, trend_deg, plunge_deg, cone<level>_deg`` (``cone95_deg`` by default)
-    and ``note``. ``df.attrs["notes"]`` holds :func:`identifiability_notes`.
+    and ``note``. ``df.attrs["notes"]`` holds :func:`identifiability_notes` and
+    the sentences of :func:`cone_notes`.
 
     Axes are labelled by sorted length-scale (no relabelling); where a pair is
     not distinguishable the note says so and its directions and cones mostly
@@ -521,6 +531,11 @@ def orientation_table(
         else:
             raise ValueError(f"`extent` must be a scalar or shape (3,); got {box.shape}")
     lo, hi = _interval(l, interval)
+    notes = axis_notes(l, interval, axis_extent)
+    overall = identifiability_notes(l, interval, axis_extent)
+    wide_axes, wide_notes = cone_notes(cones, l, interval, cone_level, cone_limit_deg,
+                                       skip=[bool(n) and "distinguishable" in n for n in notes])
+    notes = ["; ".join(filter(None, pair)) for pair in zip(notes, wide_axes, strict=True)]
     table = pd.DataFrame(
         {
             "l_median": np.median(l, axis=0),
@@ -532,12 +547,49 @@ def orientation_table(
             "trend_deg": trend,
             "plunge_deg": plunge,
             f"cone{100 * cone_level:g}_deg": cones,
-            "note": axis_notes(l, interval, axis_extent),
+            "note": notes,
         },
         index=pd.Index(AXIS_LABELS, name="axis"),
     )
-    table.attrs["notes"] = identifiability_notes(l, interval, axis_extent)
+    table.attrs["notes"] = overall + wide_notes
     return table
+
+
+def cone_notes(cones, lengthscale_draws, interval: float, cone_level: float,
+               limit_deg: float = CONE_LIMIT_DEG, skip=(False, False, False)):
+    """Notes for axes whose credible cone is wider than ``limit_deg``.
+
+    The length-scale rule (:func:`identifiability_notes`) reads only the ratio
+    posterior, which a prior can push away from 1; the cones read the directions
+    themselves. When two axes are wide and the third is not, the plane they span
+    is determined and the rotation about the third axis only weakly. Axes marked
+    in ``skip`` already carry a length-scale note. Returns ``(per_axis, sentences)``:
+    three strings ("" when fine) and a list of whole sentences.
+    """
+    l = _positive_lengthscales(lengthscale_draws)
+    pct, cpct = _pct(interval), _pct(cone_level)
+    wide = [c > limit_deg and not s for c, s in zip(cones, skip, strict=True)]
+    per_axis, sentences = ["", "", ""], []
+    for i, j in ((0, 1), (1, 2), (0, 2)):
+        k = 3 - i - j
+        if wide[i] and wide[j] and cones[k] <= limit_deg:
+            lo, hi = _interval(l[:, i] / l[:, j], interval)
+            ratio = f"l{i + 1}/l{j + 1} {pct} interval [{lo:.2f}, {hi:.2f}]"
+            for a, b in ((i, j), (j, i)):
+                per_axis[a] = (f"weakly identified: {cpct} cone {cones[a]:.0f} deg; only the "
+                               f"plane of axes {i + 1} and {j + 1} is well determined ({ratio})")
+            sentences.append(
+                f"axes {i + 1} and {j + 1} are weakly identified: their {cpct} credible cones "
+                f"({cones[i]:.0f} and {cones[j]:.0f} deg) exceed {limit_deg:g} deg while axis "
+                f"{k + 1}'s is {cones[k]:.0f} deg, so the plane they span is determined but the "
+                f"rotation about axis {k + 1} only weakly ({ratio})")
+            wide[i] = wide[j] = False
+    for a in range(3):
+        if wide[a]:
+            per_axis[a] = f"weakly identified: {cpct} cone {cones[a]:.0f} deg"
+            sentences.append(f"axis {a + 1} is weakly identified: its {cpct} credible cone "
+                             f"({cones[a]:.0f} deg) exceeds {limit_deg:g} deg")
+    return per_axis, sentences
 
 
 # --------------------------------------------------------------------------- #

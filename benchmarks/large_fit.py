@@ -68,8 +68,6 @@ def gradient_ms(X, y, fit, repeats=5):
                             priors=models.Priors(**s["priors"]).standardised(
                                 std.x_scale, std.y_mean, std.y_sd, std.extent))
     kw = {"spec": spec, "landmarks": np.asarray(s["landmarks"])}
-    if s["frame"] is not None:
-        kw["frame"] = np.asarray(s["frame"])
     info = initialize_model(jax.random.PRNGKey(0), models.gp_model,
                             model_args=(std.x(X), std.y(y)), model_kwargs=kw)
     vg = jax.jit(jax.value_and_grad(info.potential_fn))

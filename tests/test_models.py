@@ -5,46 +5,81 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 import numpyro.distributions as dist
 import pytest
 from numpyro.infer.util import initialize_model, log_density
-from scipy import integrate, stats
+from scipy import stats
 
 from aniso_gp import models, so3
 
 
-def test_sorted_normal_is_the_law_of_sorted_iid_draws():
-    d = models.SortedNormal(0.3, 1.2, 3)
-    x = d.sample(jax.random.PRNGKey(0), (20000,))
-    assert np.all(np.diff(np.asarray(x), axis=-1) > 0)
-    # Marginal of the smallest order statistic: 1 - (1 - F)^3.
-    ref = stats.norm(0.3, 1.2)
-    ks = stats.kstest(np.asarray(x[:, 0]), lambda t: 1 - (1 - ref.cdf(t)) ** 3)
-    assert ks.pvalue > 1e-3
-    # Normalisation: integrate the 3-D density over the ordered cone numerically
-    # via its exact reduction: 3! * P(ordered) under iid = 1.
-    v = jnp.array([-0.4, 0.1, 1.7])
-    expected = ref.logpdf(np.asarray(v)).sum() + math.log(6)
-    assert abs(float(d.log_prob(v)) - expected) < 1e-12
+def test_vech_round_trip():
+    v = jnp.arange(6.0) + 1.0
+    S = models.symmetric_from_vech(v)
+    np.testing.assert_array_equal(S, S.T)
+    np.testing.assert_array_equal(np.asarray(S), [[1, 4, 5], [4, 2, 6], [5, 6, 3]])
+    np.testing.assert_array_equal(models.vech(S), v)
 
 
-def test_haar_exp_coords_density():
-    d = models.HaarExpCoords()
+def test_log_metric_prior_is_an_orthogonal_ensemble():
+    pri = models.Priors(lengthscale_median=0.4, log_lengthscale_sd=0.7)
+    d = models.log_metric_prior(pri)
+    mu = -2 * math.log(0.4)
 
-    # Integrates to one over the ball |delta| <= pi (radial integral, closed form angle part).
-    def radial(t):
-        return 4 * math.pi * t**2 * math.exp(float(d.log_prob(jnp.array([t, 0.0, 0.0]))))
+    def logp(S):
+        return float(d.log_prob(models.vech(S)))
 
-    total, _ = integrate.quad(radial, 0, math.pi)
-    assert abs(total - 1.0) < 1e-8
-    # Haar rotation angles have density (1 - cos t) / pi on [0, pi].
-    s = d.sample(jax.random.PRNGKey(1), (20000,))
-    t = np.linalg.norm(np.asarray(s), axis=-1)
-    ks = stats.kstest(t, lambda x: (x - np.sin(x)) / math.pi)
-    assert ks.pvalue > 1e-3
-    # Smooth at the origin.
-    g = jax.grad(lambda v: d.log_prob(v))(jnp.zeros(3))
-    assert np.all(np.isfinite(np.asarray(g)))
+    # Density depends on S only through |S - mu I|_F: invariant under S -> Q S Q^T,
+    # so the axes are Haar distributed independently of the length-scales.
+    rng = np.random.default_rng(0)
+    S = models.symmetric_from_vech(jnp.asarray(rng.normal(size=6)) + jnp.array([mu] * 3 + [0] * 3))
+    Q = so3.exp(jnp.asarray(rng.normal(size=3)))
+    assert abs(logp(Q @ S @ Q.T) - logp(S)) < 1e-12
+    expected = -np.sum((np.asarray(S) - mu * np.eye(3)) ** 2) / (4 * 0.7**2)
+    assert abs((logp(S) - logp(mu * jnp.eye(3))) - expected) < 1e-12
+    # E sum_i (log l_i - log l0)^2 = 3 s_l^2, as under the iid prior: here
+    # log l = -eig(S) / 2, and sum eig^2 = |S|_F^2, so the check is exact in law.
+    x = d.sample(jax.random.PRNGKey(1), (40000,))
+    lam = np.linalg.eigvalsh(np.asarray(models.symmetric_from_vech(x)))
+    dev = (-lam / 2 - math.log(0.4)) ** 2
+    assert abs(dev.sum(-1).mean() / (3 * 0.7**2) - 1) < 0.03
+    # The eigenvalues repel: a near-equal pair is rarer than under the iid prior.
+    gaps = np.diff(np.sort(-lam / 2, axis=-1), axis=-1).min(-1)
+    iid = np.diff(np.sort(rng.normal(0, 0.7, size=(40000, 3)), axis=-1), axis=-1).min(-1)
+    assert np.mean(gaps < 0.05) < 0.5 * np.mean(iid < 0.05)
+
+
+def test_identifiable_transform_is_the_square_root_of_expm():
+    from scipy.linalg import expm
+
+    spec = _spec(kernel="rotated", parameterization="identifiable")
+    v = jnp.array([1.2, 0.4, 2.0, 0.3, -0.6, 0.1])
+    kp = numpyro.handlers.substitute(models.sample_kernel_params, {"log_metric": v})(spec)
+    A = np.asarray(models.transform_matrix(kp))
+    S = np.asarray(models.symmetric_from_vech(v))
+    np.testing.assert_allclose(A @ A.T, expm(S), rtol=1e-12)
+    np.testing.assert_allclose(A, A.T, atol=1e-14)
+
+
+def test_identifiable_density_is_smooth_where_length_scales_meet(small_data):
+    """At l_1 = l_2 exactly the log density and its gradient are finite and the
+    gradient matches central differences: no funnel, no coordinate singularity."""
+    X, y = small_data
+    spec = _spec(kernel="rotated", parameterization="identifiable")
+    R = so3.exp(jnp.array([0.3, -0.2, 0.9]))
+    S = (R * jnp.array([1.0, 1.0, 3.0])) @ R.T  # two equal eigenvalues
+
+    def lp(v):
+        params = {"mean": 0.1, "signal": 1.0, "noise": 0.3, "log_metric": v}
+        return log_density(models.gp_model, (X, y), {"spec": spec}, params)[0]
+
+    v = models.vech(S)
+    g = np.asarray(jax.grad(lp)(v))
+    assert np.all(np.isfinite(g))
+    h = 1e-5
+    fd = [(float(lp(v + h * e)) - float(lp(v - h * e))) / (2 * h) for e in jnp.eye(6)]
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-6)
 
 
 def test_gaussian_process_mvn_matches_numpyro_mvn_and_its_gradient():

@@ -307,6 +307,36 @@ def test_orientation_table_flags_near_equal_pair_and_long_axis():
         ori.orientation_table(l[:10], V)
 
 
+def test_orientation_table_notes_wide_cones_with_resolved_ratios():
+    """Axes 1 and 2 spin about a tight axis 3 by up to +-50 deg while their ratio
+    (2.5) is clearly resolved: only the cones can show the weak rotation."""
+    rng = np.random.default_rng(12)
+    n = 2000
+    l = _sorted_lognormal([0.5, 0.2, 0.08], 0.05, n, rng)
+    spin = rng.uniform(-np.radians(50), np.radians(50), n)
+    about3 = np.asarray(_exp(spin[:, None] * R0[:, 2]))  # rotations about axis 3
+    V = about3 @ _draws_around(R0, 0.01, n, rng, flip_signs=False)
+    assert ori.identifiability_notes(l) == []
+    df = ori.orientation_table(l, V)
+    cones = df["cone95_deg"].to_numpy()
+    assert cones[0] > 40 and cones[1] > 40 and cones[2] < 5
+    assert all(df["note"].iloc[k].startswith("weakly identified: 95% cone") for k in (0, 1))
+    assert "only the plane of axes 1 and 2" in df["note"].iloc[0]
+    assert df["note"].iloc[2] == ""
+    (note,) = df.attrs["notes"]
+    assert note.startswith("axes 1 and 2 are weakly identified")
+    assert "rotation about axis 3 only weakly (l1/l2 90% interval [2." in note
+    # A looser limit silences it; a wide lone axis gets its own note.
+    assert ori.orientation_table(l, V, cone_limit_deg=60).attrs["notes"] == []
+    per_axis, sentences = ori.cone_notes([40.0, 10.0, 10.0], l, 0.9, 0.95)
+    assert per_axis == ["weakly identified: 95% cone 40 deg", "", ""]
+    assert sentences == ["axis 1 is weakly identified: its 95% credible cone (40 deg) "
+                         "exceeds 30 deg"]
+    # Axes that already carry a length-scale note are not noted twice.
+    assert ori.cone_notes([40.0, 40.0, 5.0], l, 0.9, 0.95, skip=[True, True, False]) == (
+        ["", "", ""], [])
+
+
 # --------------------------------------------------------------------------- #
 # errors against the truth                                                    #
 # --------------------------------------------------------------------------- #
