@@ -575,7 +575,7 @@ def cone_notes(cones, lengthscale_draws, interval: float, cone_level: float,
         if wide[i] and wide[j] and cones[k] <= limit_deg:
             lo, hi = _interval(l[:, i] / l[:, j], interval)
             ratio = f"l{i + 1}/l{j + 1} {pct} interval [{lo:.2f}, {hi:.2f}]"
-            for a, b in ((i, j), (j, i)):
+            for a in (i, j):
                 per_axis[a] = (f"weakly identified: {cpct} cone {cones[a]:.0f} deg; only the "
                                f"plane of axes {i + 1} and {j + 1} is well determined ({ratio})")
             sentences.append(

@@ -83,7 +83,8 @@ def run_one(job: dict) -> dict:
         "max_rhat": d["max_r_hat"], "min_ess": d["min_ess_bulk"],
         "ess_per_s": d["min_ess_bulk"] / wall, "steps_per_draw": d["mean_steps_per_draw"],
         "div_frac": d["divergence_fraction"], "wall_s": wall,
-        "flagged_pair": bool(np.any(table["note"].str.contains("not distinguishable|weakly identified"))),
+        "flagged_pair": bool(np.any(
+            table["note"].str.contains("not distinguishable|weakly identified"))),
         "notes": notes,
     }
 
