@@ -187,8 +187,8 @@ def _add_model_options(p: argparse.ArgumentParser, holdout: float) -> None:
                    help="stationary base correlation (default: %(default)s)")
     g.add_argument("--parameterization", choices=("axis-angle", "identifiable"),
                    default="axis-angle",
-                   help="of the rotated kernel: the paper's free axis-angle, or ordered "
-                   "length-scales with a quaternion (default: %(default)s)")
+                   help="of the rotated kernel: the paper's free axis-angle, or the "
+                   "matrix logarithm of the metric (default: %(default)s)")
     g.add_argument("--likelihood", choices=("exact", "dtc", "fitc"), default="exact",
                    help="exact (dense Cholesky) or a Nystrom low-rank approximation "
                    "(default: %(default)s)")

@@ -26,6 +26,7 @@ solver                 ``u ~ H^{-1} b``                                    HVPs
 ``Neumann(steps,lr)``  ``lr sum_{t<T} (I - lr H)^t b``                      ``T`` + 1
 ``Nystrom(k, rho)``    ``(H_k + rho I)^{-1} b``, Hataya & Yamada (2023)    ``k`` + 1
 ``NystromPCG(k,..)``   CG preconditioned by a rank-``k`` Nystrom factor    ``k`` + iterations + 1
+  ``sketch="kernel"``  the factor from ``k`` kernel columns (GP systems)    iterations + 1
 ``SpectralReuse``      NystromPCG keeping its basis across outer steps      p (+k) + iter. + 1
 ``"auto"``             ``Exact`` up to :data:`AUTO_DENSE_MAX`, else NystromPCG
 =====================  ==================================================  =====================
@@ -159,7 +160,7 @@ def _tolerance(value) -> float:
     return v
 
 
-_SKETCHES = ("coordinates", "gaussian")
+_SKETCHES = ("coordinates", "gaussian", "kernel")
 
 
 def _sketch_name(value) -> str:
@@ -213,7 +214,9 @@ class Nystrom:
         rank: sketch size ``k`` (HVPs), at most the dimension.
         rho: damping ``> 0``; the result is biased by it (see module docstring).
         sketch: ``"coordinates"`` (``k`` random columns of ``H``, the paper's
-            choice) or ``"gaussian"`` (same cost, better on coherent spectra).
+            choice), ``"gaussian"`` (same cost, better on coherent spectra) or
+            ``"kernel"`` (GP systems ``K + s^2 I`` only: randomly pivoted Cholesky
+            on ``k`` kernel columns, no HVPs; :func:`kernel_nystrom`).
         seed: seed of the random sketch.
     """
 
@@ -236,7 +239,9 @@ class NystromPCG:
     ``P^{-1} = (lam_k + mu) U (Lam + mu I)^{-1} U^T + (I - U U^T)``; when
     ``H = A + mu I`` with a known shift ``mu`` (``K + s^2 I``) the sketch is of
     ``A``. Unbiased: it converges to ``tol`` like CG, in far fewer iterations
-    once ``rank`` exceeds the effective dimension.
+    once ``rank`` exceeds the effective dimension. ``sketch`` as for
+    :class:`Nystrom`; ``"kernel"`` costs ``k`` kernel columns instead of ``k``
+    HVPs, which for a kernel matrix is ``k / N`` of the work.
     """
 
     rank: int
@@ -497,6 +502,26 @@ def _sketch(matvec, n: int, rank: int, kind: str, key):
     return U, lam, _all_finite((U, lam))
 
 
+def kernel_nystrom(X, params: dict, base: str, rank: int, key):
+    r"""Nystrom eigen-factor ``(U, lam)`` of the kernel matrix ``K(X, X) ~ U diag(lam) U^T``.
+
+    Randomly pivoted Cholesky (:func:`aniso_gp.linalg.nystrom.rpcholesky`) on the
+    transformed inputs gives ``F`` (N, k) from ``k`` kernel columns; the thin SVD
+    ``F = U S V^T`` gives ``lam = S^2``. O(N k) kernel evaluations and O(N k^2)
+    flops, against ``k`` HVPs (O(N^2 k)) for a sketch of the operator. The
+    preconditioner of :class:`NystromPCG` with ``sketch="kernel"``.
+    """
+    A = kernels.transform_matrix(params)
+    variance = params.get("variance", 1.0)
+
+    def kernel_fn(Z1, Z2):
+        return kernels.gram_transformed(Z1, Z2, variance, base)
+
+    F, _ = nystrom.rpcholesky(X @ A, rank, key, kernel_fn)
+    U, S, _ = jnp.linalg.svd(F, full_matrices=False)
+    return U, S * S
+
+
 def hessian_nystrom(matvec, n: int, rank: int, *, sketch: str = "coordinates", key=None):
     r"""Rank-``rank`` Nystrom approximation ``H_k = U diag(lam) U^T`` of a PSD operator.
 
@@ -627,7 +652,8 @@ def _dense_solve(Hmat, b, spent):
     return x, _info(spent, _relative_residual(b, matmul(Hs, x))), ok
 
 
-def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, state=None):
+def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, state=None,
+               factor=None):
     r"""Inverse Hessian-vector product ``u ~ H^{-1} b`` with the chosen solver.
 
     Args:
@@ -640,6 +666,10 @@ def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, 
         x0: warm start for the CG-type solvers.
         key: PRNG key for sketches (default from the solver's ``seed``).
         state: a :class:`ReuseState` for :class:`SpectralReuse`.
+        factor: a Nystrom eigen-factor ``(U, lam)`` of ``A`` (``H = A + shift I``)
+            the caller already has, e.g. :func:`kernel_nystrom`; :class:`Nystrom`
+            and :class:`NystromPCG` then skip their sketch. Required for
+            ``sketch="kernel"``.
 
     Returns:
         ``(u, info)`` or, when ``state`` is given, ``(u, info, state)``.
@@ -691,8 +721,7 @@ def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, 
         _check_rank(solver.rank, n)
         # With a known shift (H = A + mu I) only A is sketched and the identity
         # part is kept exactly: H_k = A_k + mu I; mu = 0 is Hataya & Yamada's case.
-        U, lam, ok = _sketch(_shifted_out(matvec, shift), n, solver.rank, solver.sketch, key)
-        U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
+        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, shift, n, key)
         damping = shift + solver.rho
         if solver.rank == n:
             # span(U) is all of R^n: the complement term (b - U U^T b)/rho is
@@ -700,16 +729,32 @@ def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, 
             x = matmul(U, matmul(U.T, b) / (lam + damping))
         else:
             x = EigenLowRankPlusShift(U, lam, damping).solve(b)
-        info = _info(solver.rank + 1, _relative_residual(b, matvec(x)))
+        info = _info(sketched + 1, _relative_residual(b, matvec(x)))
     else:  # NystromPCG
         _check_rank(solver.rank, n)
-        U, lam, ok = _sketch(_shifted_out(matvec, shift), n, solver.rank, solver.sketch, key)
-        U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
+        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, shift, n, key)
         x, info = _pcg(matvec, b, _preconditioner(U, lam, shift), solver.tol, solver.maxiter, x0)
-        info = info._replace(matvecs=info.matvecs + solver.rank)
+        info = info._replace(matvecs=info.matvecs + sketched)
     ok = _all_finite(x) & jnp.isfinite(info.residual_norm)
     x = _require(x, ok, _nonfinite_solution_message(name))
     return x, info
+
+
+def _factor_or_sketch(solver, factor, matvec, shift, n: int, key):
+    """``(U, lam, HVPs spent)``: the caller's factor, else a sketch of ``A = H - shift I``."""
+    if factor is not None:
+        U, lam = factor
+        if U.shape != (n, solver.rank) or lam.shape != (solver.rank,):
+            raise ValueError(
+                f"`factor` must be (U (n, rank), lam (rank,)) = ({(n, solver.rank)},"
+                f" {(solver.rank,)}); got {U.shape} and {lam.shape}")
+        return U, lam, 0
+    if solver.sketch == "kernel":
+        raise ValueError("sketch='kernel' reads kernel columns: pass `factor=kernel_nystrom(...)`"
+                         " or use it through optimize_hyperparameters")
+    U, lam, ok = _sketch(_shifted_out(matvec, shift), n, solver.rank, solver.sketch, key)
+    U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
+    return U, lam, solver.rank
 
 
 def _nonfinite_solution_message(name: str) -> str:
@@ -967,7 +1012,7 @@ class _Plan(NamedTuple):
     state: Any
 
 
-def _make_plan(solver, matvec, n, s2, dense_H, key, state):
+def _make_plan(solver, matvec, n, s2, dense_H, key, state, kernel_factor=None):
     """Factorise / precondition ``H`` once per step for the solves that share it."""
     if isinstance(solver, Exact):
         Hs = dense_H()
@@ -987,12 +1032,12 @@ def _make_plan(solver, matvec, n, s2, dense_H, key, state):
         )
     if isinstance(solver, NystromPCG):
         _check_rank(solver.rank, n)
-        U, lam, ok = _sketch(_shifted_out(matvec, s2), n, solver.rank, solver.sketch, key)
-        U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
+        factor = kernel_factor(solver.rank, key) if solver.sketch == "kernel" else None
+        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, s2, n, key)
         P = _preconditioner(U, lam, s2)
         return _Plan(
             lambda b, x0=None: _pcg(matvec, b, P, solver.tol, solver.maxiter, x0),
-            jnp.asarray(solver.rank, jnp.int32),
+            jnp.asarray(sketched, jnp.int32),
             state,
         )
     if isinstance(solver, SpectralReuse):
@@ -1045,7 +1090,10 @@ def _gp_hypergrad_step(
             raise ValueError("Exact() needs the dense kernel matrix; use a matrix-free solver")
 
     k_inner, k_ihvp = jax.random.split(key)
-    plan = _make_plan(inner, matvec, n, s2, dense_H, k_inner, state)
+    def kernel_factor(rank, key):
+        return kernel_nystrom(Xt, params, base, rank, key)
+
+    plan = _make_plan(inner, matvec, n, s2, dense_H, k_inner, state, kernel_factor)
     shared = inner is solver
     w, info_w = plan.solve(yt, w_prev)
     if objective == "nlpd":
@@ -1072,7 +1120,9 @@ def _gp_hypergrad_step(
     if shared:  # the inner solve's factor / preconditioner serves the iHVP too
         u, info_u = plan.solve(g_w, u_prev)
     else:
-        u, info_u = solve_ihvp(solver, matvec, g_w, shift=s2, key=k_ihvp)
+        factor = (kernel_factor(solver.rank, k_ihvp)
+                  if getattr(solver, "sketch", None) == "kernel" else None)
+        u, info_u = solve_ihvp(solver, matvec, g_w, shift=s2, key=k_ihvp, factor=factor)
     new_state = plan.state
 
     def surrogate(theta_):

@@ -167,7 +167,7 @@ def fit(
     model_kwargs = {"spec": spec, "landmarks": Xm}
     init_params = None
     if spec.kernel == "rotated" and spec.parameterization == "identifiable":
-        init_params = _pilot_start(Xs, ys, spec, Xm, seed, num_chains)
+        init_params = jax.device_get(_pilot_start(Xs, ys, spec, Xm, seed, num_chains))
 
     nuts = NUTS(
         gp_model,
@@ -279,7 +279,9 @@ def _pilot_start(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300):
             (u, _), _ = jax.lax.scan(step, (u, opt.init(u)), None, length=steps)
             return u, neg_log_post(u)
 
-        u, loss = jax.vmap(run)(starts)
+        # One start after another: batched, the likelihood's reverse pass loops
+        # anyway (linalg.dense._one_at_a_time), and memory stays at one start's.
+        u, loss = jax.lax.map(run, starts)
         loss = jnp.where(jnp.isfinite(loss), loss, jnp.inf)
         best = jax.tree_util.tree_map(lambda v: v[jnp.argmin(loss)], u)
         R = so3.exp(best["axis_angle"])

@@ -278,7 +278,8 @@ def gp_problem():
 
 @pytest.mark.parametrize(
     "solver, objective",
-    [(hg.Exact(), "nlpd"), (hg.SpectralReuse(30, tol=1e-12), "mse")],
+    [(hg.Exact(), "nlpd"), (hg.SpectralReuse(30, tol=1e-12), "mse"),
+     (hg.NystromPCG(20, tol=1e-12, sketch="kernel"), "nlpd")],
     ids=lambda v: v if isinstance(v, str) else v.name,
 )
 def test_gp_hypergradient_matches_finite_differences(gp_problem, solver, objective):
@@ -289,6 +290,32 @@ def test_gp_hypergradient_matches_finite_differences(gp_problem, solver, objecti
     assert float(loss) == pytest.approx(exact[objective], rel=1e-10)
     assert _rel(ravel_pytree(grad)[0], fd[objective]) < 1e-5
     assert metrics["residual"] < 1e-10
+    if isinstance(solver, hg.NystromPCG):  # the kernel sketch spends no HVPs
+        assert int(metrics["precond_matvecs"]) == 0
+
+
+def test_kernel_nystrom_is_the_rpcholesky_factor_in_eigen_form():
+    from aniso_gp.linalg import nystrom
+
+    rng = np.random.default_rng(5)
+    X = jnp.asarray(rng.uniform(size=(120, 3)))
+    params = {"lengthscales": jnp.array([0.4, 0.2, 0.3]), "axis_angle": jnp.array([0.3, 0.1, -0.2]),
+              "variance": 1.7}
+    key = jax.random.PRNGKey(3)
+    U, lam = hg.kernel_nystrom(X, params, "matern52", 25, key)
+    A = kernels.transform_matrix(params)
+    F, _ = nystrom.rpcholesky(X @ A, 25, key, lambda Z1, Z2: kernels.gram_transformed(
+        Z1, Z2, 1.7, "matern52"))
+    np.testing.assert_allclose(U.T @ U, np.eye(25), atol=1e-10)
+    np.testing.assert_allclose((U * lam) @ U.T, F @ F.T, atol=1e-10)
+    # As a preconditioner it solves a kernel system to tolerance without sketch HVPs.
+    H = kernels.gram(X, X, params, "matern52") + 0.01 * jnp.eye(120)
+    b = jnp.asarray(rng.standard_normal(120))
+    u, info = hg.solve_ihvp(hg.NystromPCG(25, tol=1e-12, sketch="kernel"), lambda v: H @ v, b,
+                            shift=0.01, factor=(U, lam))
+    np.testing.assert_allclose(u, np.linalg.solve(H, b), rtol=1e-8, atol=1e-10)
+    _, cg = hg.solve_ihvp(hg.CG(1000, 1e-12), lambda v: H @ v, b)
+    assert int(info.matvecs) < 0.5 * int(cg.matvecs)
 
 
 def test_kernel_apply_blocked_matches_dense():
@@ -386,6 +413,10 @@ def test_errors_name_the_problem(spd_system, ridge):
         hg.solve_ihvp("dense", mv, b)
     with pytest.raises(ValueError, match="`probes`"):
         hg.SpectralReuse(5, probes=1)
+    with pytest.raises(ValueError, match="sketch='kernel' reads kernel columns"):
+        hg.solve_ihvp(hg.NystromPCG(5, sketch="kernel"), mv, b)
+    with pytest.raises(ValueError, match="`factor` must be"):
+        hg.solve_ihvp(hg.NystromPCG(5), mv, b, factor=(jnp.ones((50, 4)), jnp.ones(4)))
 
     inner, outer, solve, h, _ = ridge
 

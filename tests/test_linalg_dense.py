@@ -41,3 +41,14 @@ def test_default_block_recurses_correctly():
     Ci = np.asarray(inverse_from_cholesky(jnp.asarray(np.linalg.cholesky(C))))
     ref = scipy.linalg.inv(C)
     assert np.max(np.abs(Ci - ref)) <= 1e-10 * np.max(np.abs(ref))
+
+
+def test_batched_calls_loop_and_match_one_at_a_time():
+    import jax
+
+    Ls = jnp.asarray(np.stack([np.linalg.cholesky(_spd(150, seed=s, cond=1e3)) for s in range(3)]))
+    for fn in (triangular_inverse, inverse_from_cholesky):
+        batched = np.asarray(jax.jit(jax.vmap(lambda L, fn=fn: fn(L, 64)))(Ls))
+        for b in range(3):
+            ref = np.asarray(fn(Ls[b], 64))
+            np.testing.assert_allclose(batched[b], ref, rtol=1e-12, atol=1e-12)

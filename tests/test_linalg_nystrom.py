@@ -47,6 +47,18 @@ def test_select_landmarks_with_duplicate_points_stays_distinct(method):
     assert np.unique(Z[first], axis=0).shape[0] == 5  # every location before any repeat
 
 
+def test_rpcholesky_factor_is_the_column_nystrom_at_its_pivots():
+    Z = clustered_points(200)
+    F, idx = nystrom.rpcholesky(jnp.asarray(Z), 30, jax.random.PRNGKey(2), rbf)
+    F, idx = np.asarray(F), np.asarray(idx)
+    assert np.unique(idx).size == 30
+    K = np.asarray(rbf(Z, Z))
+    ref = K[:, idx] @ np.linalg.solve(K[np.ix_(idx, idx)], K[idx, :])
+    np.testing.assert_allclose(F @ F.T, ref, atol=1e-8)
+    np.testing.assert_array_equal(np.sort(idx), nystrom.select_landmarks(Z, 30, "rpcholesky",
+                                                                         seed=2, kernel_fn=rbf))
+
+
 def _trace_error(Z, idx):
     U = np.asarray(nystrom.nystrom_factor(rbf, Z, idx))
     return float(np.sum(1.0 - np.sum(U * U, axis=1)))  # trace(K - U U^T), k(x, x) = 1

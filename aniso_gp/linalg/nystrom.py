@@ -141,7 +141,15 @@ def _kmeanspp(Z, m, key):
 
 
 @partial(jax.jit, static_argnums=(1, 3))
-def _rpcholesky(Z, m, key, kernel_fn):
+def rpcholesky(Z, m: int, key, kernel_fn: KernelFn):
+    r"""Randomly pivoted partial Cholesky of the kernel matrix on ``Z`` (Chen et al. 2023).
+
+    Each pivot is drawn with probability proportional to the diagonal of the
+    residual ``K - F F^T``. ``F`` (N, m) is the column Nyström approximation at
+    the pivots, ``F F^T = K_{:S} K_{SS}^{-1} K_{S:}``, built from ``m`` kernel
+    columns (N m kernel evaluations) and O(N m^2) flops: no matrix-vector
+    product with ``K``. Returns ``(F, idx)``; idx (m,) are the pivots in order.
+    """
     n = Z.shape[0]
     diag = jax.vmap(lambda z: kernel_fn(z[None, :], z[None, :])[0, 0])(Z)
     trace = jnp.sum(diag)
@@ -158,7 +166,8 @@ def _rpcholesky(Z, m, key, kernel_fn):
         return F.at[:, i].set(f), resid, idx.at[i].set(s), chosen.at[s].set(True), key
 
     state = (jnp.zeros((n, m)), diag, jnp.zeros(m, int), jnp.zeros(n, bool), key)
-    return jax.lax.fori_loop(0, m, body, state)[2]
+    F, _, idx, _, _ = jax.lax.fori_loop(0, m, body, state)
+    return F, idx
 
 
 def select_landmarks(
@@ -196,7 +205,7 @@ def select_landmarks(
     else:
         if kernel_fn is None or not callable(kernel_fn):
             raise ValueError("`kernel_fn` (Z1, Z2) -> K is required for method='rpcholesky'")
-        idx = np.asarray(_rpcholesky(Z, m, jax.random.PRNGKey(seed), kernel_fn))
+        idx = np.asarray(rpcholesky(Z, m, jax.random.PRNGKey(seed), kernel_fn)[1])
     return np.sort(idx.astype(np.int64))
 
 
