@@ -412,6 +412,8 @@ def targets(df, base=None):
         add(f"(c) {m}: near-equal pair flagged (fraction of seeds)", frac, frac == 1.0)
         v = med("c", m, "ax3_deg")
         add(f"(c) {m}: well-separated axis within 10 deg", v, v < 10)
+    v = paired("c", "rotated-id", "rotated-aa", "ess_per_s")
+    add("(c): ESS/s identifiable / axis-angle >= 2", v, v >= 2)
     add("max R-hat on invariants < 1.01 (all fits)", float(df.max_rhat.max()),
         df.max_rhat.max() < 1.01)
     add("divergences < 1% (all fits)", float(df.div_frac.max()), df.div_frac.max() < 0.01)
