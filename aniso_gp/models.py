@@ -35,7 +35,8 @@ Sites (standardised units):
 
 The observation site ``y`` is a proper distribution: :class:`GaussianProcessMVN`
 (a MultivariateNormal whose log density uses the custom-VJP exact likelihood),
-or NumPyro's ``LowRankMultivariateNormal`` for the DTC / FITC approximations.
+or :class:`LowRankGaussian` (a ``LowRankMultivariateNormal`` whose log density
+uses the closed-form-tangent Woodbury likelihood) for the DTC / FITC approximations.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import numpyro.distributions as dist
 from jax.scipy.linalg import expm
 
 from aniso_gp import kernels
-from aniso_gp.likelihoods import dtc_diagonal, exact_loglik, fitc_diagonal
+from aniso_gp.likelihoods import dtc_diagonal, exact_loglik, fitc_diagonal, lowrank_loglik
 from aniso_gp.linalg.nystrom import cross_factor, landmark_cholesky
 
 jax.config.update("jax_enable_x64", True)
@@ -129,6 +130,22 @@ class GaussianProcessMVN(dist.MultivariateNormal):
 
     def log_prob(self, value):
         return exact_loglik(self._cov, value - self.loc)
+
+
+class LowRankGaussian(dist.LowRankMultivariateNormal):
+    """``N(loc, U U^T + diag(d))`` whose ``log_prob`` is :func:`lowrank_loglik`.
+
+    Same density as NumPyro's parent; its gradient comes from the closed-form
+    tangent of the Woodbury likelihood instead of autodiff through the parent's
+    capacitance algebra (unused parts of the parent are dead code under ``jit``).
+    """
+
+    def __init__(self, loc, cov_factor, cov_diag, *, validate_args=None):
+        self._factor, self._diag = cov_factor, cov_diag
+        super().__init__(loc, cov_factor, cov_diag, validate_args=validate_args)
+
+    def log_prob(self, value):
+        return lowrank_loglik(self._factor, self._diag, value - self.loc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +237,7 @@ def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None):
         numpyro.sample("y", GaussianProcessMVN(loc, C), obs=y)
         return
     U, d = lowrank_parts(Z, landmarks @ A, signal, noise, spec.base, spec.likelihood == "fitc")
-    numpyro.sample("y", dist.LowRankMultivariateNormal(loc, U, d), obs=y)
+    numpyro.sample("y", LowRankGaussian(loc, U, d), obs=y)
 
 
 def lowrank_parts(Z, Zm, signal, noise, base, fitc: bool, Z_new=None):

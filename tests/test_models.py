@@ -106,6 +106,26 @@ def test_gaussian_process_mvn_matches_numpyro_mvn_and_its_gradient():
     np.testing.assert_allclose(ga[1], gb[1], atol=1e-10)
 
 
+
+def test_low_rank_gaussian_matches_numpyro_and_its_gradient():
+    rng = np.random.default_rng(1)
+    U = jnp.asarray(rng.normal(size=(30, 5)))
+    d = jnp.asarray(rng.uniform(0.2, 1.0, size=30))
+    loc = jnp.asarray(rng.normal(size=30))
+    y = jnp.asarray(rng.normal(size=30))
+
+    def ours(U, d, lc):
+        return models.LowRankGaussian(lc, U, d).log_prob(y)
+
+    def ref(U, d, lc):
+        return dist.LowRankMultivariateNormal(lc, U, d).log_prob(y)
+
+    assert abs(float(ours(U, d, loc)) - float(ref(U, d, loc))) < 1e-10
+    for a, b in zip(jax.grad(ours, (0, 1, 2))(U, d, loc), jax.grad(ref, (0, 1, 2))(U, d, loc),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_priors_standardised_defaults_and_overrides():
     p = models.Priors().standardised(x_scale=2.0, y_mean=10.0, y_sd=4.0, extent=8.0)
     assert p.lengthscale_median == pytest.approx(8.0 / 4 / 2.0)

@@ -128,10 +128,24 @@ def triangular_inverse(L: jnp.ndarray, block: int = 128) -> jnp.ndarray:
     Blocks of at most ``block`` rows are inverted by a triangular solve. About
     ``2/3 n^3`` flops in matrix products, against ``n^3`` for a triangular solve
     with the identity as right-hand side (which does not know its result is
-    triangular). Returns a lower-triangular (n, n) array. Not reverse-differentiable
-    (it serves reverse passes); under ``vmap`` it loops over the batch.
+    triangular). Returns a lower-triangular (n, n) array; differentiable (forward
+    and reverse); under ``vmap`` it loops over the batch.
     """
+    return _triangular_inverse_diff(L, block)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _triangular_inverse_diff(L, block):
     return _one_at_a_time(_triangular_inverse, block)(L)
+
+
+@_triangular_inverse_diff.defjvp
+def _triangular_inverse_jvp(block, primals, tangents):
+    # d(L^-1) = -L^-1 dL L^-1; only the lower triangle of L is read. The batching
+    # wrapper has no autodiff rule of its own, so this is what makes it differentiable.
+    (L,), (dL,) = primals, tangents
+    Li = _triangular_inverse_diff(L, block)
+    return Li, -(Li @ jnp.tril(dL) @ Li)
 
 
 def _triangular_inverse(L: jnp.ndarray, block: int) -> jnp.ndarray:

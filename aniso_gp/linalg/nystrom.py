@@ -219,9 +219,17 @@ def landmark_cholesky(kernel_fn: KernelFn, X_landmarks: jnp.ndarray) -> jnp.ndar
 
 
 def cross_factor(kernel_fn: KernelFn, X: jnp.ndarray, X_landmarks, L) -> jnp.ndarray:
-    """``K(X, X_m) L^{-T}`` (n, m) by a triangular solve; rows of ``U`` for any points ``X``."""
+    """``K(X, X_m) L^{-T}`` (n, m); rows of ``U`` for any points ``X``.
+
+    A product with the explicit ``L^{-1}`` (blocked, O(m^3)) rather than a
+    triangular solve: XLA's CPU triangular solve with n right-hand sides ran at
+    about a fifth of the matrix-product rate (N = 5,000, m = 256), and so did
+    its reverse pass. ``L`` is a jittered kernel factor (condition number at
+    most about 1e6 at the jitter levels used), where the two agree to 1e-9 in
+    ``U`` and 1e-12 in the FITC diagonal ``k - rowsum(U^2)``.
+    """
     Knm = kernel_fn(X, X_landmarks)
-    return jax.lax.linalg.triangular_solve(L, Knm, left_side=False, lower=True, transpose_a=True)
+    return matmul(Knm, dense.triangular_inverse(L).T)
 
 
 def nystrom_factor(kernel_fn: KernelFn, X, landmark_idx) -> jnp.ndarray:
