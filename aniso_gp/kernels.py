@@ -100,7 +100,7 @@ def squared_distances(Z1: jnp.ndarray, Z2: jnp.ndarray) -> jnp.ndarray:
 
 
 def correlation_slope(r2: jnp.ndarray, base: str) -> jnp.ndarray:
-    """``d phi / d(r^2)`` as a function of ``r2`` (finite at 0 except for Matérn-1/2, set to 0 there)."""
+    """``d phi / d(r^2)`` of ``r2``; finite at 0 except Matérn-1/2 (set to 0 there)."""
     if base == "rbf":
         return -0.5 * jnp.exp(-0.5 * r2)
     r = _distance(r2)

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 from hypothesis import HealthCheck, given, settings
-from jax.test_util import check_grads
 from hypothesis import strategies as st
+from jax.test_util import check_grads
 from scipy.spatial.distance import cdist
 from scipy.spatial.transform import Rotation
 from sklearn.gaussian_process import GaussianProcessRegressor
