@@ -210,3 +210,48 @@ def test_exact_likelihood_warns_on_large_n(monkeypatch):
     rng = np.random.default_rng(0)
     with pytest.warns(UserWarning, match="fitc"), pytest.raises(Stop):
         inference.fit(rng.uniform(size=(20, 3)), rng.normal(size=20), progress=False)
+
+
+def test_curvature_inverse_mass_is_the_inverse_hessian(field):
+    # Against jax.hessian of the same potential: the DTC likelihood's closed-form
+    # tangent is twice differentiable, so autodiff gives an independent reference.
+    import dataclasses
+
+    import jax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    from aniso_gp import models
+
+    train, _ = field
+    std = inference.Standardizer.from_data(train.X, train.y)
+    spec = models.ModelSpec(kernel="rotated", parameterization="identifiable", likelihood="dtc")
+    spec = dataclasses.replace(spec, priors=spec.priors.standardised(
+        std.x_scale, std.y_mean, std.y_sd, std.extent))
+    Xs, ys = std.x(train.X), std.y(train.y)
+    kw = {"spec": spec, "landmarks": Xs[:25]}
+    z = inference._pilot_start(Xs, ys, spec, kw["landmarks"], 0, num_chains=1)
+    flat, unravel = ravel_pytree(z)
+    H = np.asarray(jax.hessian(
+        lambda v: potential_energy(models.gp_model, (Xs, ys), kw, unravel(v)))(flat))
+    lam = np.linalg.eigvalsh(H)
+    assert lam.min() > 1e-2  # the pilot found a mode, so no eigenvalue is floored
+    inv_mass = inference._curvature_inverse_mass((Xs, ys), kw, z)
+    np.testing.assert_allclose(inv_mass, np.linalg.inv(H), rtol=1e-4,
+                               atol=1e-6 * np.abs(np.linalg.inv(H)).max())
+
+
+def test_pilot_on_a_subset_above_max_points(field):
+    # Above max_points the pilot runs the exact likelihood on a random subset; the
+    # starts must still be finite and near the full-data pilot's.
+    train, _ = field
+    std = inference.Standardizer.from_data(train.X, train.y)
+    from aniso_gp import models
+
+    spec = models.ModelSpec(kernel="rotated", parameterization="identifiable", likelihood="fitc")
+    Xs, ys = std.x(train.X), std.y(train.y)
+    full = inference._pilot_start(Xs, ys, spec, Xs[:30], 0, num_chains=1)
+    sub = inference._pilot_start(Xs, ys, spec, Xs[:30], 0, num_chains=1, max_points=60)
+    assert all(np.all(np.isfinite(v)) for v in sub.values())
+    # log_metric diagonal = -2 log l along the axes: the subset sees the same field.
+    np.testing.assert_allclose(sub["log_metric"][:3], full["log_metric"][:3], atol=1.0)
