@@ -236,7 +236,43 @@ def test_curvature_inverse_mass_is_the_inverse_hessian(field):
         lambda v: potential_energy(models.gp_model, (Xs, ys), kw, unravel(v)))(flat))
     lam = np.linalg.eigvalsh(H)
     assert lam.min() > 1e-2  # the pilot found a mode, so no eigenvalue is floored
-    inv_mass = inference._curvature_inverse_mass((Xs, ys), kw, z)
+    z_same, inv_mass = inference._warmup_start((Xs, ys), kw, z)
+    np.testing.assert_array_equal(ravel_pytree(z_same)[0], flat)
+    np.testing.assert_allclose(inv_mass, np.linalg.inv(H), rtol=1e-4,
+                               atol=1e-6 * np.abs(np.linalg.inv(H)).max())
+
+
+def test_newton_steps_reach_the_full_data_mode(field):
+    # A pilot on a 40-point subset, refined on all 96 points: the potential falls,
+    # its gradient vanishes (the mode, checked with autodiff), and the mass matrix
+    # is the inverse of the autodiff Hessian there.
+    import dataclasses
+
+    import jax
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    from aniso_gp import models
+
+    train, _ = field
+    std = inference.Standardizer.from_data(train.X, train.y)
+    spec = models.ModelSpec(kernel="rotated", parameterization="identifiable", likelihood="dtc")
+    spec = dataclasses.replace(spec, priors=spec.priors.standardised(
+        std.x_scale, std.y_mean, std.y_sd, std.extent))
+    Xs, ys = std.x(train.X), std.y(train.y)
+    kw = {"spec": spec, "landmarks": Xs[:25]}
+    z0 = inference._pilot_start(Xs, ys, spec, kw["landmarks"], 0, num_chains=1, max_points=40)
+    z, inv_mass = inference._warmup_start((Xs, ys), kw, z0, newton_steps=12)
+    flat0, unravel = ravel_pytree(z0)
+    flat = ravel_pytree(z)[0]
+
+    def u(v):
+        return potential_energy(models.gp_model, (Xs, ys), kw, unravel(v))
+
+    g0, g = np.asarray(jax.grad(u)(flat0)), np.asarray(jax.grad(u)(flat))
+    assert float(u(flat)) < float(u(flat0))
+    assert np.linalg.norm(g) < 1e-4 * np.linalg.norm(g0)
+    H = np.asarray(jax.hessian(u)(flat))
     np.testing.assert_allclose(inv_mass, np.linalg.inv(H), rtol=1e-4,
                                atol=1e-6 * np.abs(np.linalg.inv(H)).max())
 
