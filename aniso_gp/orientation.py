@@ -370,7 +370,8 @@ def _analyse(lengthscale_draws, interval: float, extent):
     return l, interval, pairs, long
 
 
-def identifiability_notes(lengthscale_draws, interval: float = 0.9, extent=None) -> list[str]:
+def identifiability_notes(lengthscale_draws, interval: float = 0.9, extent=None,
+                          fixed_axes: bool = False) -> list[str]:
     """Plain-words warnings about what the length-scale posterior cannot resolve.
 
     Rule for a sorted neighbouring pair (i, i+1): the pair is *not
@@ -397,6 +398,10 @@ def identifiability_notes(lengthscale_draws, interval: float = 0.9, extent=None)
     an almost linear field along that direction, the likelihood is flat and the
     upper tail is the prior's, so only the lower bound is informed.
 
+    ``fixed_axes``: the kernel's axes are the coordinate axes (ARD). No rotation
+    is estimated, so an indistinguishable pair only leaves open which of the two
+    coordinate axes carries the longer length-scale; the notes say that instead.
+
     Returns a list of sentences, empty when nothing needs saying.
     """
     l, interval, pairs, long = _analyse(lengthscale_draws, interval, extent)
@@ -408,26 +413,33 @@ def identifiability_notes(lengthscale_draws, interval: float = 0.9, extent=None)
     )
     notes = []
     if eq12 and eq23 and eq13:
+        what = ("the coordinate axes' length-scales are compatible with one another" if fixed_axes
+                else "no direction is identified")
         notes.append(
-            f"the field is close to isotropic: no direction is identified (length-scale "
+            f"the field is close to isotropic: {what} (length-scale "
             f"ratio l1/l3 {pct} interval [{lo13:.2f}, {hi13:.2f}] is compatible with 1)"
         )
     elif eq12 and eq23:
         notes.append(
             f"axes 1, 2 and 3 are not distinguishable pairwise: length-scale ratios l1/l2 "
             f"{pct} interval [{lo12:.2f}, {hi12:.2f}] and l2/l3 [{lo23:.2f}, {hi23:.2f}] are "
-            f"compatible with 1 (although l1/l3 [{lo13:.2f}, {hi13:.2f}] is not); no principal "
-            "direction is identified individually"
+            f"compatible with 1 (although l1/l3 [{lo13:.2f}, {hi13:.2f}] is not); "
+            + ("the ordering of the coordinate axes by length-scale is not identified"
+               if fixed_axes else "no principal direction is identified individually")
         )
     else:
         for (a, b, c), (lo, hi, eq) in (((1, 2, 3), pairs[0, 1]), ((2, 3, 1), pairs[1, 2])):
-            if eq:
-                notes.append(
-                    f"axes {a} and {b} are not distinguishable: length-scale ratio l{a}/l{b} "
-                    f"{pct} interval [{lo:.2f}, {hi:.2f}] is compatible with 1; rotation about "
-                    f"axis {c} is unidentified, so the directions of axes {a} and {b} are not "
-                    "meaningful, only the plane they span"
-                )
+            if not eq:
+                continue
+            consequence = (
+                "the kernel's axes are the coordinate axes, so only which of the two carries "
+                "the longer length-scale is unresolved" if fixed_axes else
+                f"rotation about axis {c} is unidentified, so the directions of axes {a} and "
+                f"{b} are not meaningful, only the plane they span")
+            notes.append(
+                f"axes {a} and {b} are not distinguishable: length-scale ratio l{a}/l{b} "
+                f"{pct} interval [{lo:.2f}, {hi:.2f}] is compatible with 1; {consequence}"
+            )
     for k, med, lo, ext in long:
         notes.append(
             f"axis {k + 1} is longer than the sampled domain: only a lower bound "
@@ -437,30 +449,34 @@ def identifiability_notes(lengthscale_draws, interval: float = 0.9, extent=None)
     return notes
 
 
-def axis_notes(lengthscale_draws, interval: float = 0.9, extent=None) -> list[str]:
+def axis_notes(lengthscale_draws, interval: float = 0.9, extent=None,
+               fixed_axes: bool = False) -> list[str]:
     """One plain-words note per principal axis (3 strings, "" when the axis is fine).
 
-    Same rules as :func:`identifiability_notes`, phrased for the row of that
-    axis in :func:`orientation_table`.
+    Same rules (and ``fixed_axes``) as :func:`identifiability_notes`, phrased for
+    the row of that axis in :func:`orientation_table`.
     """
     l, interval, pairs, long = _analyse(lengthscale_draws, interval, extent)
     pct = _pct(interval)
     eq12, eq23, eq13 = pairs[0, 1][2], pairs[1, 2][2], pairs[0, 2][2]
+    unresolved = ("which coordinate axis it is, is not identified" if fixed_axes
+                  else "direction not identified")
     parts: list[list[str]] = [[], [], []]
     if eq12 and eq23:
         what = "close to isotropic" if eq13 else "not distinguishable from the neighbouring axes"
         for k in range(3):
-            parts[k].append(f"{what}: direction not identified")
+            parts[k].append(f"{what}: {unresolved}")
     else:
         for i, j in ((0, 1), (1, 2)):
             lo, hi, eq = pairs[i, j]
             if not eq:
                 continue
             for a, b in ((i, j), (j, i)):
+                where = ("" if fixed_axes
+                         else f", only the plane of axes {i + 1} and {j + 1}")
                 parts[a].append(
                     f"not distinguishable from axis {b + 1} (l{i + 1}/l{j + 1} {pct} interval "
-                    f"[{lo:.2f}, {hi:.2f}]): direction not identified, only the plane of axes "
-                    f"{i + 1} and {j + 1}"
+                    f"[{lo:.2f}, {hi:.2f}]): {unresolved}{where}"
                 )
     for k, med, lo, ext in long:
         parts[k].append(
@@ -480,6 +496,7 @@ def orientation_table(
     cone_level: float = 0.95,
     extent=None,
     cone_limit_deg: float = CONE_LIMIT_DEG,
+    fixed_axes: bool = False,
 ) -> pd.DataFrame:
     """One row per principal axis: length-scale, direction, trend/plunge, cone, note.
 
@@ -496,6 +513,10 @@ def orientation_table(
         axis's length-scale is compared against.
     cone_limit_deg : an axis with a wider cone is noted as weakly identified
         (:func:`cone_notes`).
+    fixed_axes : the kernel's axes are the coordinate axes (ARD): the notes say
+        which coordinate axis is unresolved instead of which direction, and no
+        cone notes are made (a wide cone there is label switching between
+        coordinate axes, which the length-scale notes already report).
 
     Returns
     -------
@@ -531,10 +552,10 @@ def orientation_table(
         else:
             raise ValueError(f"`extent` must be a scalar or shape (3,); got {box.shape}")
     lo, hi = _interval(l, interval)
-    notes = axis_notes(l, interval, axis_extent)
-    overall = identifiability_notes(l, interval, axis_extent)
-    wide_axes, wide_notes = cone_notes(cones, l, interval, cone_level, cone_limit_deg,
-                                       skip=[bool(n) and "distinguishable" in n for n in notes])
+    notes = axis_notes(l, interval, axis_extent, fixed_axes)
+    overall = identifiability_notes(l, interval, axis_extent, fixed_axes)
+    skip = [fixed_axes or (bool(n) and "distinguishable" in n) for n in notes]
+    wide_axes, wide_notes = cone_notes(cones, l, interval, cone_level, cone_limit_deg, skip)
     notes = ["; ".join(filter(None, pair)) for pair in zip(notes, wide_axes, strict=True)]
     table = pd.DataFrame(
         {

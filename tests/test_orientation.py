@@ -307,6 +307,29 @@ def test_orientation_table_flags_near_equal_pair_and_long_axis():
         ori.orientation_table(l[:10], V)
 
 
+def test_fixed_axes_notes_speak_of_coordinate_axes():
+    """ARD: a near-equal pair swaps labels between two coordinate axes. The notes say
+    which coordinate axis is unresolved, never that a direction or plane is unknown,
+    and the label switching's wide cones add no cone note."""
+    rng = np.random.default_rng(13)
+    n = 2000
+    l = _sorted_lognormal([0.30, 0.28, 0.10], 0.1, n, rng)
+    eye, swap = np.eye(3), np.eye(3)[:, [1, 0, 2]]
+    V = np.where(rng.random(n)[:, None, None] < 0.5, eye, swap)  # x/y labels switch
+    rotated = ori.orientation_table(l, V)
+    assert "only the plane of axes 1 and 2" in rotated["note"].iloc[0]
+    df = ori.orientation_table(l, V, fixed_axes=True)
+    (note,) = df.attrs["notes"]
+    assert note.startswith("axes 1 and 2 are not distinguishable: length-scale ratio l1/l2")
+    assert note.endswith("so only which of the two carries the longer length-scale is unresolved")
+    assert df["note"].iloc[0].endswith("which coordinate axis it is, is not identified")
+    assert df["note"].iloc[2] == "" and df["cone95_deg"].iloc[0] > 80
+    assert "plane" not in " ".join(df["note"])
+    iso = _sorted_lognormal([0.3, 0.3, 0.3], 0.1, n, rng)
+    (note,) = ori.identifiability_notes(iso, fixed_axes=True)
+    assert "coordinate axes' length-scales are compatible" in note
+
+
 def test_orientation_table_notes_wide_cones_with_resolved_ratios():
     """Axes 1 and 2 spin about a tight axis 3 by up to +-50 deg while their ratio
     (2.5) is clearly resolved: only the cones can show the weak rotation."""
