@@ -263,8 +263,9 @@ def _pilot_start(Xs, ys, spec, Xm, seed, num_chains, num_starts=8, steps=300,
     Above ``max_points`` observations the MAP is taken on a random subset of that
     size with the exact likelihood: it only places the starts, Newton steps on all
     the data (:func:`_warmup_start`) move them the rest of the way, and the
-    ``num_starts x steps`` gradients on all the data would dominate a large fit (about 40 minutes on 2 cores at N = 20,000 with
-    FITC, m = 256, against under a minute on 500 points).
+    ``num_starts x steps`` gradients on all the data would dominate a large fit
+    (about 40 minutes on 2 cores at N = 20,000 with FITC, m = 256, against under a
+    minute on 500 points).
     """
     if Xs.shape[0] > max_points:
         sub = np.random.default_rng(seed).choice(Xs.shape[0], max_points, replace=False)
@@ -593,6 +594,7 @@ class Fit:
         return orientation.orientation_table(
             self._draws("lengthscales"), self._draws("axes"),
             interval=interval, cone_level=cone_level, extent=np.ptp(self.X, axis=0),
+            fixed_axes=self.kernel == "ard",
         )
 
     def loo(self) -> dict:

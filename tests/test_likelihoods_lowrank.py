@@ -62,6 +62,9 @@ def test_streamed_equals_materialised(problem):
     fitc = lk.lowrank_loglik_streamed(k, Z, idx, r, NOISE, kdiag=VAR, block_size=37)
     np.testing.assert_allclose(dtc, lk.dtc_loglik(U, r, NOISE), rtol=1e-12)
     np.testing.assert_allclose(fitc, lk.fitc_loglik(U, VAR, r, NOISE), rtol=1e-12)
+    # Landmarks given as inputs instead of indices: the same density.
+    at = lk.lowrank_loglik_streamed(k, Z, Z[idx], r, NOISE, kdiag=VAR, block_size=37)
+    np.testing.assert_allclose(at, fitc, rtol=1e-14)
 
 
 def test_all_points_as_landmarks_recover_exact_likelihood(every_point_a_landmark):
@@ -184,3 +187,7 @@ def test_bad_inputs_raise(problem):
         lk.lowrank_loglik(U, -np.ones(N), r)
     with pytest.raises(ValueError, match="`block_size`"):
         lk.lowrank_loglik_streamed(kernel(), Z, idx, r, NOISE, block_size=0)
+    with pytest.raises(ValueError, match="`landmarks` must be"):
+        lk.lowrank_loglik_streamed(kernel(), Z, Z[idx, :2], r, NOISE)
+    with pytest.raises(ValueError, match="`landmarks` must be"):
+        lk.lowrank_loglik_streamed(kernel(), Z, np.asarray(idx, dtype=float), r, NOISE)

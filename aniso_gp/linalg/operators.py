@@ -47,6 +47,52 @@ def matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return jnp.matmul(a, b, precision=HIGHEST)
 
 
+@jax.custom_vjp
+def self_gram(V: jnp.ndarray) -> jnp.ndarray:
+    """``V V^T`` (m, m) for ``V`` (m, n), with the symmetric pullback ``(G + G^T) V``.
+
+    Autodiff treats the two factors as independent and spends two (m, m) x (m, n)
+    products on the cotangent of ``V``; the symmetric form needs one.
+    """
+    return matmul(V, V.T)
+
+
+def _self_gram_fwd(V):
+    return self_gram(V), V
+
+
+def _self_gram_bwd(V, G):
+    return (matmul(G + G.T, V),)
+
+
+self_gram.defvjp(_self_gram_fwd, _self_gram_bwd)
+
+
+@jax.custom_vjp
+def left_matmul(A: jnp.ndarray, X: jnp.ndarray) -> jnp.ndarray:
+    """``A X`` for a small square ``A`` (m, m) and a wide ``X`` (m, n), whose pullback
+    ``(G X^T, A^T G)`` forms ``A^T`` explicitly.
+
+    Autodiff folds the transpose into the product, contracting over the leading
+    axis of both operands, which XLA's CPU backend ran at 35 ms against 13 ms for
+    the same flops with ``A^T`` materialised (m = 512, n = 4,096).
+    """
+    return matmul(A, X)
+
+
+def _left_matmul_fwd(A, X):
+    return matmul(A, X), (A, X)
+
+
+def _left_matmul_bwd(res, G):
+    A, X = res
+    # The barrier keeps XLA from folding the transpose back into the product.
+    return matmul(G, X.T), matmul(jax.lax.optimization_barrier(A.T), G)
+
+
+left_matmul.defvjp(_left_matmul_fwd, _left_matmul_bwd)
+
+
 def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
