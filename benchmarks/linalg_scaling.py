@@ -4,9 +4,9 @@ Three tables, printed and appended to ``reports/benchmarks.md``:
 
 1. FITC log-likelihood and its gradient (8 hyperparameters of a rotated
    Matérn-5/2 kernel) vs N at fixed rank m, streamed over row blocks
-   (``likelihoods.lowrank_loglik_streamed``) and with the (N, m) factor held as
-   ``fit`` does: median times, log-log slope, and achieved GFLOP/s against the
-   floor of 3 N m^2 flops and the measured dense matmul rate.
+   (``likelihoods.lowrank_loglik_streamed``, what ``fit`` uses) and with the
+   (N, m) factor held: median times, log-log slope, and achieved GFLOP/s against
+   the floor of 3 N m^2 flops and the measured dense matmul rate.
 2. Accuracy vs rank at N = 5,000 on a rotated synthetic field: relative MLL
    error of DTC and FITC against the exact likelihood, predictive-mean RMSE
    against the exact GP, for uniform, k-means++ and rpcholesky landmarks.
@@ -160,8 +160,8 @@ def fitc_objective(X, y, idx, block_size):
 
 
 def fitc_materialised(X, y, idx):
-    """The same FITC log density the way ``fit`` computes it: ``U`` (N, m) held,
-    hand-written tangents (``models.lowrank_parts`` + ``likelihoods.lowrank_loglik``)."""
+    """The same FITC log density with ``U`` (N, m) held and the Woodbury likelihood's
+    hand-written tangent (``models.lowrank_parts`` + ``likelihoods.lowrank_loglik``)."""
 
     def loglik(theta):
         p = kernel_params(theta)
