@@ -39,6 +39,7 @@ PROG = "aniso-gp"
 KERNEL_CHOICES = ("rotated", "ard", "full")
 BASE_CHOICES = ("rbf", "matern12", "matern32", "matern52")
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
+TABLE_SUBSAMPLE = 400
 USER_ERRORS = (ValueError, OSError, np.linalg.LinAlgError)
 
 
@@ -170,13 +171,23 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shape", type=int, nargs=3, metavar=("N0", "N1", "N2"),
                    help="array shape of a raw volume")
     g.add_argument("--dtype", help="element type of a raw volume, e.g. '<u2', 'float32'")
+    g.add_argument("--crop", metavar="I0:I1,J0:J1,K0:K1",
+                   help="fit this box of the volume only (Python slices per array axis, "
+                   "e.g. '0:64,:,10:74')")
+    g.add_argument("--mask", type=Path, metavar="MASK",
+                   help="a volume of the same shape (.npy, .tif or raw with --shape/--dtype): "
+                   "nonzero voxels are observed, zero ones are ignored")
+    g.add_argument("--taper", choices=("none", "hann", "tukey"), default="none",
+                   help="data taper of the whole-volume (whittle) likelihood "
+                   "(default: %(default)s)")
     g = p.add_argument_group("points")
     g.add_argument("--units", default=None,
                    help="length unit of the coordinates, for labels (default: 'voxel' for "
                    "volumes without --spacing, else none)")
-    g.add_argument("--subsample", type=int, default=400, metavar="N",
-                   help="keep at most N points so exact inference stays tractable "
-                   "(default: %(default)s)")
+    g.add_argument("--subsample", type=int, default=None, metavar="N",
+                   help="keep at most N points so exact inference stays tractable (default: "
+                   f"{TABLE_SUBSAMPLE} for tables; volumes are fitted whole, with the whittle "
+                   "likelihood, unless this is given)")
     g.add_argument("--subsample-method", choices=("stratified", "random"), default="stratified",
                    help="stratified covers space first (default: %(default)s)")
 
@@ -189,14 +200,18 @@ def _add_model_options(p: argparse.ArgumentParser, holdout: float) -> None:
                    default="axis-angle",
                    help="of the rotated kernel: the paper's free axis-angle, or the "
                    "matrix logarithm of the metric (default: %(default)s)")
-    g.add_argument("--likelihood", choices=("exact", "dtc", "fitc"), default="exact",
-                   help="exact (dense Cholesky) or a Nystrom low-rank approximation "
-                   "(default: %(default)s)")
+    g.add_argument("--likelihood", choices=("exact", "dtc", "fitc", "whittle"), default=None,
+                   help="exact (dense Cholesky), a Nystrom low-rank approximation (dtc, "
+                   "fitc), or the debiased spatial Whittle likelihood of a whole volume "
+                   "(default: whittle for volumes, exact for tables and subsamples)")
     g.add_argument("--landmarks", type=int, default=256, metavar="N",
                    help="inducing points of the dtc/fitc likelihoods (default: %(default)s)")
-    g.add_argument("--holdout", type=float, default=holdout, metavar="FRACTION",
+    g.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
                    help="fraction of points held out for RMSE / NLPD / coverage; 0 for none "
-                   "(default: %(default)s)")
+                   f"(default: {holdout} for points; whole volumes are compared by LOO)")
+    g.add_argument("--predict", choices=("npy", "tif"), default=None,
+                   help="whole volumes: also write the posterior mean and sd at every voxel "
+                   "(prediction_mean, prediction_sd) in this format")
     g = p.add_argument_group("sampler")
     g.add_argument("--chains", type=int, default=4, help="NUTS chains (default: %(default)s)")
     g.add_argument("--warmup", type=int, default=500, help="warm-up steps (default: %(default)s)")
@@ -224,6 +239,7 @@ class Dataset:
     units: str = ""
     volume: object = None  # datasets.Volume, for the slice figure
     truth: object = None  # datasets.Truth, for synthetic data
+    grid: object = None  # gridded.GriddedVolume: fit the whole volume (whittle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,14 +257,15 @@ class Plan:
     seed: int = 0
     holdout: float = 0.0
     progress: bool = True
+    predict: str | None = None
 
 
 def _cmd_fit(args) -> None:
-    _analyse_file(args, (args.kernel,))
+    _analyse_file(args, (args.kernel,), default_holdout=0.0)
 
 
 def _cmd_compare(args) -> None:
-    _analyse_file(args, parse_kernels(args.kernels))
+    _analyse_file(args, parse_kernels(args.kernels), default_holdout=0.2)
 
 
 def _cmd_report(args) -> None:
@@ -286,17 +303,29 @@ def parse_kernels(text: str) -> tuple[str, ...]:
     return names
 
 
-def _analyse_file(args, kernels: tuple[str, ...]) -> None:
+def _analyse_file(args, kernels: tuple[str, ...], default_holdout: float) -> None:
+    whole = _whole_volume(args)
+    holdout = args.holdout
+    if whole and holdout:
+        raise ValueError("--holdout applies to points; a whole volume (whittle likelihood) "
+                         "is compared by LOO over frequency groups (pass --subsample N to fit "
+                         "points instead)")
+    if holdout is None:
+        holdout = 0.0 if whole else default_holdout
+    if args.predict and not whole:
+        raise ValueError("--predict writes grid predictions of a whole-volume fit; it does "
+                         "not apply to tables or --subsample")
+    likelihood = args.likelihood or ("whittle" if whole else "exact")
     plan = Plan(kernels=kernels, base=args.base, parameterization=args.parameterization,
-                likelihood=args.likelihood, landmarks=args.landmarks, chains=args.chains,
+                likelihood=likelihood, landmarks=args.landmarks, chains=args.chains,
                 warmup=args.warmup, samples=args.samples, seed=args.seed,
-                holdout=args.holdout, progress=not args.quiet)
+                holdout=holdout, progress=not args.quiet, predict=args.predict)
     _check_plan(plan)
     out = args.out or Path("runs") / f"{args.data.stem}-{'-'.join(kernels)}-{_stamp()}"
     # Refuse an existing OUT before reading data or compiling anything.
     _check_output(out, args.force)
     t0 = time.perf_counter()
-    data = load_data(args)
+    data = load_data(args, whole)
     title = args.title or f"Anisotropy of {args.data.name}"
     run = analyse(data, plan, out, force=args.force, title=title)
     print(f"done in {time.perf_counter() - t0:.0f} s; open {run / 'report.html'}")
@@ -313,11 +342,31 @@ def _check_plan(plan: Plan) -> None:
 # --------------------------------------------------------------------------- #
 # Data
 # --------------------------------------------------------------------------- #
-def load_data(args) -> Dataset:
-    """Read DATA (table or volume) and subsample it, as the options say."""
-    from aniso_gp import io
+def _whole_volume(args) -> bool:
+    """Whether DATA is fitted as a whole volume (whittle): a volume file, no --subsample and
+    no point likelihood asked for. Options that only fit one route are refused here."""
+    table = args.data.suffix.lower() in TABLE_SUFFIXES
+    volume_only = [f"--{k}" for k, v in (("crop", args.crop), ("mask", args.mask),
+                                         ("taper", args.taper != "none")) if v]
+    if table or args.subsample is not None or args.likelihood not in (None, "whittle"):
+        if args.likelihood == "whittle":
+            why = "DATA is a table" if table else "it fits the whole volume: drop --subsample"
+            raise ValueError(f"--likelihood whittle needs a volume ({why})")
+        if table and volume_only:
+            raise ValueError(f"{', '.join(volume_only)} apply to volumes; DATA is a table")
+        if args.taper != "none":
+            raise ValueError("--taper applies to whole-volume (whittle) fits, not to points")
+        return False
+    return True
+
+
+def load_data(args, whole: bool | None = None) -> Dataset:
+    """Read DATA (table or volume): a whole volume to fit on its grid, or points
+    (subsampled), as the options say (``whole``: :func:`_whole_volume`)."""
+    from aniso_gp import gridded, io
 
     path: Path = args.data
+    whole = _whole_volume(args) if whole is None else whole
     with _notes():
         if path.suffix.lower() in TABLE_SUFFIXES:
             X, y = io.read_table(path, x=args.x, y=args.y, z=args.z, value=args.value,
@@ -328,16 +377,74 @@ def load_data(args) -> Dataset:
         else:
             volume = io.read_volume(path, spacing=_spacing(args.spacing), shape=args.shape,
                                     dtype=args.dtype)
-            X, y = io.volume_to_points(volume)
+            mask = _read_mask(args, volume.shape)
+            if args.crop:
+                box = parse_crop(args.crop, volume.shape)
+                volume = _crop(volume, box)
+                mask = None if mask is None else mask[box]
             kind = (f"volume, shape {volume.shape}, spacing "
                     f"{', '.join(f'{s:g}' for s in volume.spacing)}")
             units = args.units if args.units is not None else volume.units
+            if whole:
+                grid = gridded.as_gridded(volume, mask=mask,
+                                          taper=None if args.taper == "none" else args.taper)
+                summary = {"source": str(path), "kind": kind,
+                           "voxels fitted": f"{grid.num_observed} of {volume.density.size} "
+                           "(whole volume, debiased Whittle likelihood)"}
+                return Dataset(X=None, y=None, summary=summary, units=units, volume=volume,
+                               grid=grid)
+            X, y = io.volume_to_points(volume, mask=mask)
         n_all = len(y)
-        X, y = io.subsample(X, y, args.subsample, method=args.subsample_method,
-                            seed=args.seed)
+        n_keep = TABLE_SUBSAMPLE if args.subsample is None else args.subsample
+        X, y = io.subsample(X, y, n_keep, method=args.subsample_method, seed=args.seed)
     summary = {"source": str(path), "kind": kind, "points available": n_all,
                "subsample": f"{len(y)} ({args.subsample_method}, seed {args.seed})"}
     return Dataset(X=X, y=y, summary=summary, units=units, volume=volume)
+
+
+def parse_crop(text: str, shape) -> tuple[slice, slice, slice]:
+    """'0:64,:,10:74' -> three slices (steps are not allowed); errors name --crop."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ValueError(f"--crop takes three ranges I0:I1,J0:J1,K0:K1; got {text!r}")
+    box = []
+    for part, n in zip(parts, shape, strict=True):
+        bounds = part.strip().split(":")
+        try:
+            if len(bounds) != 2:
+                raise ValueError
+            lo, hi = (int(b) if b.strip() else None for b in bounds)
+        except ValueError:
+            raise ValueError(f"--crop ranges look like 0:64 or : ; got {part!r} in "
+                             f"{text!r}") from None
+        sl = slice(lo, hi)
+        start, stop, _ = sl.indices(n)
+        if stop - start < 1:
+            raise ValueError(f"--crop {part!r} selects no voxel of an axis of {n}")
+        box.append(sl)
+    return tuple(box)
+
+
+def _crop(volume, box):
+    from aniso_gp.datasets import Volume
+
+    starts = [sl.indices(n)[0] for sl, n in zip(box, volume.shape, strict=True)]
+    origin = tuple(o + s * k for o, s, k in zip(volume.origin, volume.spacing, starts,
+                                                strict=True))
+    return Volume(density=volume.density[box], spacing=volume.spacing, origin=origin,
+                  units=volume.units, value_units=volume.value_units)
+
+
+def _read_mask(args, shape):
+    """--mask: a volume file of the data's shape; nonzero voxels are observed."""
+    if args.mask is None:
+        return None
+    from aniso_gp import io
+
+    m = io.read_volume(args.mask, shape=args.shape, dtype=args.dtype).density
+    if m.shape != shape:
+        raise ValueError(f"--mask {str(args.mask)!r} has shape {m.shape} but DATA has {shape}")
+    return m != 0
 
 
 def _spacing(values):
@@ -386,29 +493,42 @@ def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Pa
     from aniso_gp import inference
     from aniso_gp.report import FITS_DIR, write_report
 
-    train, test = _split(data, plan)
     summary = dict(data.summary)
-    summary["points fitted"] = len(train.y)
-    summary["points held out"] = 0 if test is None else len(test.y)
-    summary["extent (x, y, z)"] = [float(v) for v in np.ptp(data.X, axis=0)]
-    summary["value mean, sd"] = [float(np.mean(data.y)), float(np.std(data.y))]
+    if data.grid is None:
+        train, test = _split(data, plan)
+        summary["points fitted"] = len(train.y)
+        summary["points held out"] = 0 if test is None else len(test.y)
+        summary["extent (x, y, z)"] = [float(v) for v in np.ptp(data.X, axis=0)]
+        summary["value mean, sd"] = [float(np.mean(data.y)), float(np.std(data.y))]
+        what = f"N={len(train.y)}"
+        fit_data = (train.X, train.y)
+        point_options = {"num_landmarks": min(plan.landmarks, len(train.y))}
+    else:
+        gv = data.grid
+        observed = gv.values[gv.mask]
+        summary["grid (voxels)"] = list(gv.shape)
+        summary["masked fraction"] = round(1.0 - gv.num_observed / gv.values.size, 4)
+        summary["taper"] = gv.taper or "none"
+        summary["value mean, sd"] = [float(np.mean(observed)), float(np.std(observed))]
+        what = f"whole volume {'x'.join(map(str, gv.shape))} ({gv.num_observed:,} voxels)"
+        fit_data, point_options, test = (gv,), {}, None
     if data.units:
         summary["units"] = data.units
 
     with staged_output(out, force) as stage:
-        _write_points(stage, train, test)
+        if data.grid is None:
+            _write_points(stage, train, test)
         fits = {}
         for i, kernel in enumerate(plan.kernels, start=1):
-            print(f"[{i}/{len(plan.kernels)}] fitting the {kernel} kernel: N={len(train.y)}, "
+            print(f"[{i}/{len(plan.kernels)}] fitting the {kernel} kernel: {what}, "
                   f"{plan.chains} chains x ({plan.warmup} warm-up + {plan.samples} draws)",
                   flush=True)
             t0 = time.perf_counter()
             f = inference.fit(
-                train.X, train.y, kernel=kernel, base=plan.base,
+                *fit_data, kernel=kernel, base=plan.base,
                 parameterization=plan.parameterization, num_chains=plan.chains,
                 num_warmup=plan.warmup, num_samples=plan.samples, seed=plan.seed,
-                progress=plan.progress, likelihood=plan.likelihood,
-                num_landmarks=min(plan.landmarks, len(train.y)),
+                progress=plan.progress, likelihood=plan.likelihood, **point_options,
             )
             f.save(stage / FITS_DIR / kernel)  # kept even if a later kernel fails
             fits[kernel] = f
@@ -417,11 +537,33 @@ def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Pa
         t0 = time.perf_counter()
         held = {} if test is None else {"X_test": test.X, "y_test": test.y}
         comparison = inference.compare(fits, truth=data.truth, **held)
+        if plan.predict:
+            _write_prediction(stage, fits, plan.predict)
         write_report(stage, fits, summary, comparison=comparison, truth=data.truth,
                      title=title, volume=data.volume, units=data.units)
         print(f"      report: {time.perf_counter() - t0:.0f} s", flush=True)
     _print_result(out, fits, comparison, data.truth)
     return out
+
+
+def _write_prediction(stage: Path, fits: dict, fmt: str) -> None:
+    """Posterior mean and sd of the main fit at every voxel, as .npy or float32 TIFF."""
+    name = _main_fit(fits)
+    print(f"      predicting the {name} fit on the grid ...", flush=True)
+    mean, sd, info = fits[name].predict_grid()
+    for stem, arr in (("prediction_mean", mean), ("prediction_sd", sd)):
+        if fmt == "npy":
+            np.save(stage / f"{stem}.npy", arr)
+        else:
+            import tifffile
+
+            tifffile.imwrite(stage / f"{stem}.tif", arr.astype(np.float32))
+    print(f"      prediction: {info['draws']} draws, largest CG residual "
+          f"{info['max_cg_residual']:.1e}", flush=True)
+
+
+def _main_fit(fits: dict) -> str:
+    return next((k for k, f in fits.items() if f.kernel == "rotated"), next(iter(fits)))
 
 
 def _split(data: Dataset, plan: Plan):
@@ -449,7 +591,7 @@ def _print_result(out: Path, fits: dict, comparison, truth) -> None:
     from aniso_gp import orientation
     from aniso_gp.report import ranking_sentence
 
-    main = next((k for k, f in fits.items() if f.kernel == "rotated"), next(iter(fits)))
+    main = _main_fit(fits)
     table = fits[main].orientation()
     print(f"\norientation ({main} kernel):")
     for label, r in table.iterrows():
@@ -458,7 +600,7 @@ def _print_result(out: Path, fits: dict, comparison, truth) -> None:
     for note in table.attrs.get("notes", []):
         print(f"  note: {note}")
     if truth is not None:
-        err = orientation.axis_errors(fits[main]._draws("axes"), np.asarray(truth.axes))
+        err = orientation.axis_errors(fits[main].axes_draws(), np.asarray(truth.axes))
         print(f"  axis errors vs truth: {', '.join(f'{e:.1f}' for e in err)} deg")
     print("diagnostics (invariants):")
     for name, f in fits.items():

@@ -2,8 +2,9 @@
 
 Synthetic: :func:`synthetic_field` (points) and :func:`nano_brick` (a voxel
 volume). Real, shipped under ``aniso_gp/data/`` with provenance in
-``data/README.md``: :func:`oilsands` (drill-core assays) and
-:func:`laminated_needle` (an electron-tomography crop).
+``data/README.md``: :func:`oilsands` (drill-core assays),
+:func:`laminated_needle` (an electron-tomography crop) and
+:func:`polymer_fibres` (a micro-CT crop).
 """
 
 from __future__ import annotations
@@ -504,3 +505,17 @@ def laminated_needle() -> Volume:
         units="nm",
         value_units="FBP intensity (arbitrary units)",
     )
+
+
+def polymer_fibres() -> Volume:
+    """X-ray micro-CT of a polymer fibre scaffold, a 48^3 crop of 8-bit grey values.
+
+    From the quanfima repository's ``polymer3d_8bit_128x128x128.raw`` (MIT; block
+    ``[40:88, 0:48, 40:88]``, ``data/scripts/make_polymer_fibres.py``). Thin fibres
+    (correlation lengths of 1.4 to 5 voxels) run mostly along array axis 1. The voxel
+    size is not documented upstream, so the units are voxels.
+    """
+    with data_path("polymer_fibres.npy").open("rb") as fh:
+        arr = np.load(fh, allow_pickle=False)
+    return Volume(density=arr.astype(np.float64), spacing=1.0, units="voxel",
+                  value_units="grey value (8-bit)")

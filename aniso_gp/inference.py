@@ -30,10 +30,10 @@ import pandas as pd
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 from numpyro.infer import MCMC, NUTS, init_to_median
-from numpyro.infer.util import log_density, potential_energy
+from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
 
 from aniso_gp import _validation as check
-from aniso_gp import diagnostics, kernels, orientation, so3
+from aniso_gp import calibration, diagnostics, gridded, kernels, orientation, so3
 from aniso_gp.likelihoods import (
     exact_predict,
     loo_pointwise,
@@ -48,7 +48,9 @@ from aniso_gp.models import (
     Priors,
     gp_model,
     lowrank_parts,
+    parameter_model,
     vech,
+    whittle_site,
 )
 
 jax.config.update("jax_enable_x64", True)
@@ -82,6 +84,19 @@ class Standardizer:
         extent = float(np.max(np.ptp(X, axis=0)))
         return cls(tuple(map(float, center)), x_scale, float(np.mean(y)), y_sd, extent)
 
+    @classmethod
+    def from_grid(cls, gv) -> Standardizer:
+        """The same statistics for the observed voxels of a
+        :class:`~aniso_gp.gridded.GriddedVolume`, without forming their coordinates."""
+        vals = gv.values[gv.mask]
+        y_sd = float(np.std(vals))
+        if not y_sd > 0:
+            raise ValueError("the volume is constant over its observed voxels: there is no "
+                             "spatial variation to model")
+        mean, var, ptp = gv.coordinate_moments()
+        return cls(tuple(map(float, mean)), float(np.sqrt(np.mean(var))), float(np.mean(vals)),
+                   y_sd, float(np.max(ptp)))
+
     def x(self, X):
         return (jnp.asarray(X) - jnp.asarray(self.center)) / self.x_scale
 
@@ -90,14 +105,17 @@ class Standardizer:
 
 
 def _chain_method(num_chains: int) -> str:
-    # One chain per device: `aniso_gp/__init__.py` asks XLA for max(4, cores)
-    # host devices when it is imported before JAX starts.
+    # On an accelerator the chains run as one vectorised program. On CPU, one chain
+    # per device: `aniso_gp/__init__.py` asks XLA for max(4, cores) host devices
+    # when it is imported before JAX starts.
+    if jax.default_backend() != "cpu":
+        return "vectorized"
     return "parallel" if jax.local_device_count() >= num_chains else "sequential"
 
 
 def fit(
     X,
-    y,
+    y=None,
     kernel: str = "rotated",
     base: str = "rbf",
     parameterization: str = "axis-angle",
@@ -107,16 +125,24 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     priors=None,
-    likelihood: str = "exact",
+    likelihood: str | None = None,
     num_landmarks: int = 256,
     landmarks: str = "rpcholesky",
     target_accept_prob: float = 0.8,
+    *,
+    spacing=None,
+    mask=None,
+    taper=None,
+    calibrate: bool = True,
+    num_bootstrap: int = 200,
 ) -> Fit:
     """Fit a stationary anisotropic GP to 3-D data by NUTS.
 
     Args:
-        X: (N, 3) coordinates (NumPy, JAX or a pandas DataFrame).
-        y: (N,) values.
+        X: (N, 3) coordinates (NumPy, JAX or a pandas DataFrame), or a whole
+            volume: a :class:`~aniso_gp.datasets.Volume` or a 3-D array of
+            values (then ``y`` is omitted; NaN voxels are missing).
+        y: (N,) values, for points.
         kernel: ``"rotated"`` (M = R diag(l^-2) R^T), ``"ard"`` or ``"full"`` (free SPD).
         base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
         parameterization: for the rotated kernel, ``"axis-angle"`` (the paper's:
@@ -129,21 +155,64 @@ def fit(
         progress: show the sampler's progress bar.
         priors: dict of :class:`aniso_gp.models.Priors` fields in the user's units.
         likelihood: ``"exact"`` (dense Cholesky), ``"dtc"`` or ``"fitc"`` (Nystrom,
-            O(N m^2) per step).
+            O(N m^2) per step) for points; ``"whittle"`` (the debiased spatial
+            Whittle likelihood, O(N log N) per step) for volumes. Default: exact
+            for points, whittle for volumes (a volume with another likelihood is
+            fitted as the points of its observed voxels).
         num_landmarks, landmarks: for the low-rank likelihoods, the number of
             inducing points and how they are chosen (once, from the data).
         target_accept_prob: NUTS target acceptance.
+        spacing: voxel size of an array volume (one number or one per axis).
+        mask: (n0, n1, n2) boolean, True where a volume's voxel is observed.
+        taper: ``None`` or ``"hann"``: the data taper of the Whittle likelihood.
+        calibrate: for ``"whittle"``, apply the curvature adjustment
+            (:mod:`aniso_gp.calibration`) so that intervals have frequentist
+            coverage; the fit records whether it did.
+        num_bootstrap: simulated volumes behind the adjustment's score variance.
     """
-    X = np.asarray(check.coordinates(X, "X", min_points=MIN_POINTS))
-    y = np.asarray(check.values(y, n=X.shape[0], name="y"))
     base = check.base_name(base)
     _choice(kernel, KERNELS, "kernel")
     _choice(parameterization, PARAMETERIZATIONS, "parameterization")
-    _choice(likelihood, LIKELIHOODS, "likelihood")
+    if likelihood is not None:
+        _choice(likelihood, LIKELIHOODS, "likelihood")
     for name, v in (("num_chains", num_chains), ("num_warmup", num_warmup),
                     ("num_samples", num_samples)):
         if int(v) != v or v < 1:
             raise ValueError(f"`{name}` must be a positive integer; got {v!r}")
+    if not 0.0 < target_accept_prob < 1.0:
+        raise ValueError(f"`target_accept_prob` must be in (0, 1); got {target_accept_prob!r}")
+    nuts = {"num_chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples,
+            "seed": seed, "progress": progress, "target_accept_prob": target_accept_prob}
+    if gridded.is_volume(X):
+        if y is not None:
+            raise ValueError("`y` must be omitted when `X` is a volume: its voxels are the "
+                             "values")
+        gv = gridded.as_gridded(X, spacing=spacing, mask=mask, taper=taper)
+        if likelihood in (None, "whittle"):
+            if int(num_bootstrap) != num_bootstrap or num_bootstrap < 20:
+                raise ValueError(f"`num_bootstrap` must be an integer >= 20; got "
+                                 f"{num_bootstrap!r}")
+            return _fit_volume(gv, kernel, base, parameterization, priors, nuts,
+                               calibrate=calibrate, num_bootstrap=int(num_bootstrap))
+        X, y = gv.points()
+    else:
+        given = [k for k, v in (("spacing", spacing), ("mask", mask), ("taper", taper))
+                 if v is not None]
+        if given:
+            raise ValueError(f"`{'`, `'.join(given)}` apply to volumes; `X` holds points")
+        if y is None:
+            shape = np.shape(X)
+            if len(shape) == 2 and shape[1] == 3:
+                raise ValueError("`y` is required when `X` holds points (N, 3)")
+            raise ValueError(f"`X` must be a volume (a Volume or a 3-D array (n0, n1, n2)), "
+                             f"or points (N, 3) with `y`; got a {len(shape)}-D array of "
+                             f"shape {shape}")
+        if likelihood == "whittle":
+            raise ValueError("likelihood='whittle' needs a volume (a Volume or a 3-D array) "
+                             "as `X`; points take 'exact', 'dtc' or 'fitc'")
+    likelihood = likelihood or "exact"
+    X = np.asarray(check.coordinates(X, "X", min_points=MIN_POINTS))
+    y = np.asarray(check.values(y, n=X.shape[0], name="y"))
     n = X.shape[0]
     if likelihood == "exact" and n > EXACT_WARN_N:
         warnings.warn(
@@ -154,13 +223,7 @@ def fit(
         )
     std = Standardizer.from_data(X, y)
     user_priors = Priors.from_user(priors)
-    spec = ModelSpec(
-        kernel=kernel,
-        base=base,
-        parameterization=parameterization if kernel == "rotated" else "axis-angle",
-        likelihood=likelihood,
-        priors=user_priors.standardised(std.x_scale, std.y_mean, std.y_sd, std.extent),
-    )
+    spec = _spec(kernel, base, parameterization, likelihood, user_priors, std)
     Xs, ys = std.x(X), std.y(y)
     Xm = None
     if likelihood != "exact":
@@ -179,53 +242,136 @@ def fit(
         init_params = jax.tree_util.tree_map(lambda s, a, b: s + (a - b), init_params,
                                              jax.device_get(z), first)
 
-    nuts = NUTS(
+    samples, extra, wall = _run_nuts((Xs, ys), model_kwargs, init_params, inverse_mass, nuts,
+                                     init_strategy=init_to_median(num_samples=15))
+    settings = _settings(kernel, base, spec, likelihood, nuts, user_priors, std, wall)
+    settings["landmarks"] = None if Xm is None else np.asarray(Xm).tolist()
+    settings["landmark_method"] = landmarks if Xm is not None else None
+    idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
+    return Fit(idata, settings)
+
+
+def _spec(kernel, base, parameterization, likelihood, user_priors, std) -> ModelSpec:
+    return ModelSpec(
+        kernel=kernel,
+        base=base,
+        parameterization=parameterization if kernel == "rotated" else "axis-angle",
+        likelihood=likelihood,
+        priors=user_priors.standardised(std.x_scale, std.y_mean, std.y_sd, std.extent),
+    )
+
+
+def _settings(kernel, base, spec, likelihood, nuts, user_priors, std, wall) -> dict:
+    return {
+        "format_version": _FORMAT_VERSION,
+        "kernel": kernel,
+        "base": base,
+        "parameterization": spec.parameterization,
+        "likelihood": likelihood,
+        "num_chains": nuts["num_chains"],
+        "num_warmup": nuts["num_warmup"],
+        "num_samples": nuts["num_samples"],
+        "seed": nuts["seed"],
+        "priors": dataclasses.asdict(user_priors),
+        "standardizer": dataclasses.asdict(std),
+        "wall_time_s": wall,
+    }
+
+
+def _run_nuts(model_args, model_kwargs, init_params, inverse_mass, nuts, init_strategy=None):
+    """NUTS with a dense mass matrix on ``nuts["num_chains"]`` chains; returns the
+    samples and extra fields grouped by chain, as NumPy, and the wall time."""
+    kernel = NUTS(
         gp_model,
         dense_mass=True,
         inverse_mass_matrix=inverse_mass,
-        target_accept_prob=target_accept_prob,
-        init_strategy=init_to_median(num_samples=15),
+        target_accept_prob=nuts["target_accept_prob"],
+        **({} if init_strategy is None else {"init_strategy": init_strategy}),
     )
     mcmc = MCMC(
-        nuts,
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        chain_method=_chain_method(num_chains),
-        progress_bar=progress,
+        kernel,
+        num_warmup=nuts["num_warmup"],
+        num_samples=nuts["num_samples"],
+        num_chains=nuts["num_chains"],
+        chain_method=_chain_method(nuts["num_chains"]),
+        progress_bar=nuts["progress"],
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There are not enough devices")
         mcmc.run(
-            jax.random.PRNGKey(seed),
-            Xs,
-            ys,
+            jax.random.PRNGKey(nuts["seed"]),
+            *model_args,
             init_params=init_params,
             extra_fields=("diverging", "num_steps", "energy", "accept_prob", "potential_energy"),
             **model_kwargs,
         )
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    wall = time.perf_counter() - t0
-    settings = {
-        "format_version": _FORMAT_VERSION,
-        "kernel": kernel,
-        "base": base,
-        "parameterization": spec.parameterization,
-        "likelihood": likelihood,
-        "num_chains": num_chains,
-        "num_warmup": num_warmup,
-        "num_samples": num_samples,
-        "seed": seed,
-        "priors": dataclasses.asdict(user_priors),
-        "standardizer": dataclasses.asdict(std),
-        "landmarks": None if Xm is None else np.asarray(Xm).tolist(),
-        "landmark_method": landmarks if Xm is not None else None,
-        "wall_time_s": wall,
-    }
-    idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
+    return samples, extra, time.perf_counter() - t0
+
+
+def _fit_volume(gv, kernel, base, parameterization, priors, nuts, *, calibrate: bool,
+                num_bootstrap: int) -> Fit:
+    """The whole-volume route: debiased Whittle likelihood, moment start, Newton steps,
+    NUTS, curvature adjustment. ``wall_time_s`` is the sampler's (for ESS per second),
+    ``total_time_s`` everything from the data to the adjusted draws."""
+    t_start = time.perf_counter()
+    std = Standardizer.from_grid(gv)
+    user_priors = Priors.from_user(priors)
+    spec = _spec(kernel, base, parameterization, "whittle", user_priors, std)
+    grid, data, g = gridded.fourier_data(gv, std.x_scale, std.y_mean, std.y_sd)
+    model_args, model_kwargs = (None, data), {"spec": spec, "grid": grid}
+    ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
+    start = _kernel_start(spec, *gridded.moment_start(
+        ys, g, np.asarray(gv.spacing) / std.x_scale))
+    z, inverse_mass = _warmup_start(model_args, model_kwargs, start, newton_steps=_NEWTON_STEPS)
+    keys = jax.random.split(jax.random.PRNGKey(nuts["seed"] + 1), len(z))
+    init = {k: jnp.asarray(z[k]) + 0.05 * jax.random.normal(kk, (nuts["num_chains"],)
+                                                            + jnp.shape(z[k]))
+            for kk, k in zip(keys, sorted(z), strict=True)}
+    if nuts["num_chains"] == 1:
+        init = {k: v[0] for k, v in init.items()}
+    samples, extra, wall = _run_nuts(model_args, model_kwargs, init, inverse_mass, nuts)
+    settings = _settings(kernel, base, spec, "whittle", nuts, user_priors, std, wall)
+    _, _, ptp = gv.coordinate_moments()
+    settings["grid"] = {"shape": list(gv.shape), "spacing": list(gv.spacing),
+                        "origin": list(gv.origin), "taper": gv.taper,
+                        "observed_voxels": gv.num_observed,
+                        "masked_fraction": 1.0 - gv.num_observed / gv.values.size,
+                        "extent": ptp.tolist()}
+    raw = samples
+    if calibrate:
+        C, D = raw["A"].shape[:2]
+        flat = {k: v.reshape((C * D,) + v.shape[2:]) for k, v in samples.items()}
+        adj, adjusted = calibration.whittle_adjustment(
+            spec, grid, data, g, flat, num_bootstrap=num_bootstrap, seed=nuts["seed"])
+        samples = {k: v.reshape((C, D) + v.shape[1:]) for k, v in adjusted.items()}
+        settings["calibration"] = {"adjusted": True, **adj.as_dict()}
+    else:
+        settings["calibration"] = {"adjusted": False}
+    settings["total_time_s"] = time.perf_counter() - t_start
+    idata = _build_grid_idata(samples, raw, extra, gv, std, spec, grid, data, settings)
     return Fit(idata, settings)
+
+
+def _kernel_start(spec: ModelSpec, mean, signal, noise, M) -> dict:
+    """Unconstrained sampler coordinates of ``(mean, signal, noise, metric M)`` for the
+    spec's kernel and parameterisation (standardised units)."""
+    lam, V = np.linalg.eigh(M)
+    if spec.kernel == "rotated" and spec.parameterization == "identifiable":
+        sites = {"log_metric": np.asarray(vech(jnp.asarray((V * np.log(lam)) @ V.T)))}
+    elif spec.kernel == "rotated":
+        V = V * np.sign(np.linalg.det(V))
+        sites = {"log_l": -0.5 * np.log(lam), "axis_angle": np.asarray(so3.log(jnp.asarray(V)))}
+    elif spec.kernel == "ard":
+        sites = {"log_l": -0.5 * np.log(np.diag(M))}
+    else:
+        l = 1.0 / np.sqrt(np.diag(M))
+        sites = {"log_l": np.log(l), "corr_chol": np.linalg.cholesky(l[:, None] * M * l)}
+    params = {"mean": mean, "signal": signal, "noise": noise, **sites}
+    params = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in params.items()}
+    return jax.device_get(unconstrain_fn(parameter_model, (), {"spec": spec}, params))
 
 
 def _choice(value, options, name):
@@ -441,8 +587,9 @@ def _canonical(A, x_scale):
     return M, l, a, so3.exp(a)
 
 
-def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
-    C, D = samples["A"].shape[:2]
+def _posterior(samples, std, spec) -> dict:
+    """Draws in the user's units: canonical length-scales, axes, metric, signal, noise,
+    mean, and the standardised ``A``."""
     A = samples["A"]  # (C, D, 3, 3) standardised
     M, l_can, a_can, axes = (np.asarray(v) for v in _canonical(jnp.asarray(A), std.x_scale))
     posterior = {
@@ -461,7 +608,35 @@ def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
         posterior["lengthscales_raw"] = np.exp(samples["log_l"]) * std.x_scale
     if "axis_angle" in samples:
         posterior["axis_angle_raw"] = samples["axis_angle"]
+    return posterior
 
+
+def _sample_stats(extra) -> dict:
+    return {
+        "diverging": extra["diverging"],
+        "n_steps": extra["num_steps"],
+        "energy": extra["energy"],
+        "acceptance_rate": extra["accept_prob"],
+        "lp": -extra["potential_energy"],
+    }
+
+
+_DIMS = {
+    "lengthscales": ["axis"],
+    "lengthscales_raw": ["axis"],
+    "axis_angle": ["component"],
+    "axis_angle_raw": ["component"],
+    "axes": ["component", "axis"],
+    "metric": ["row", "col"],
+    "A_std": ["row", "col"],
+    "A_std_unadjusted": ["row", "col"],
+}
+_COORDS = {"axis": [1, 2, 3], "component": ["x", "y", "z"], "row": ["x", "y", "z"],
+           "col": ["x", "y", "z"], "coord": ["x", "y", "z"]}
+
+
+def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
+    C, D = samples["A"].shape[:2]
     Xs, ys = std.x(X), std.y(y)
     lowrank = None if Xm is None else (jnp.asarray(Xm), spec.likelihood == "fitc")
     ll = _loo_draws(
@@ -472,41 +647,55 @@ def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
         Xs, ys, spec.base, lowrank,
     )
     ll = np.asarray(ll).reshape(C, D, -1) - math.log(std.y_sd)
-
-    stats = {
-        "diverging": extra["diverging"],
-        "n_steps": extra["num_steps"],
-        "energy": extra["energy"],
-        "acceptance_rate": extra["accept_prob"],
-        "lp": -extra["potential_energy"],
-    }
-    dims = {
-        "lengthscales": ["axis"],
-        "lengthscales_raw": ["axis"],
-        "axis_angle": ["component"],
-        "axis_angle_raw": ["component"],
-        "axes": ["component", "axis"],
-        "metric": ["row", "col"],
-        "A_std": ["row", "col"],
-        "y": ["obs"],
-        "X": ["obs", "coord"],
-    }
-    coords = {
-        "axis": [1, 2, 3],
-        "component": ["x", "y", "z"],
-        "row": ["x", "y", "z"],
-        "col": ["x", "y", "z"],
-        "coord": ["x", "y", "z"],
-        "obs": np.arange(X.shape[0]),
-    }
     return diagnostics.inference_data(
-        posterior=posterior,
-        sample_stats=stats,
+        posterior=_posterior(samples, std, spec),
+        sample_stats=_sample_stats(extra),
         log_likelihood={"y": ll},
         observed={"y": y},
         constant={"X": X},
-        coords=coords,
-        dims=dims,
+        coords={**_COORDS, "obs": np.arange(X.shape[0])},
+        dims={**_DIMS, "y": ["obs"], "X": ["obs", "coord"]},
+        attrs={"aniso_gp_settings": json.dumps(settings)},
+    )
+
+
+def _whittle_group_loglik(samples, spec, grid, data, std):
+    """Pointwise log pseudo-likelihood (S, G) of the groups of frequencies
+    (:func:`~aniso_gp.gridded.loo_groups`), in the user's units of the values."""
+    groups = gridded.loo_groups(grid.shape)
+    num = int(groups.max()) + 1
+    seg = jnp.asarray(groups.ravel())
+    # Each real Fourier coordinate carries the values' unit: -log(sd) per coordinate.
+    per_group = jax.ops.segment_sum(grid.weights.ravel(), seg, num_segments=num)
+
+    @jax.jit
+    def one(args):
+        A, s, e, m = args
+        terms = whittle_site(grid, m, s, e, A, spec.base).pointwise(data)
+        return jax.ops.segment_sum(terms.ravel(), seg, num_segments=num)
+
+    ll = jax.lax.map(one, tuple(jnp.asarray(_flat(samples, k))
+                                for k in ("A", "signal", "noise", "mean")), batch_size=4)
+    return np.asarray(ll) - math.log(std.y_sd) * np.asarray(per_group)
+
+
+def _build_grid_idata(samples, raw, extra, gv, std, spec, grid, data, settings):
+    """InferenceData of a whole-volume fit. The pointwise log-likelihood (for LOO)
+    is that of the *unadjusted* draws: PSIS needs draws from prior x the product of
+    the group likelihoods, which the curvature-adjusted draws are not."""
+    C, D = samples["A"].shape[:2]
+    ll = _whittle_group_loglik(raw, spec, grid, data, std).reshape(C, D, -1)
+    posterior = _posterior(samples, std, spec)
+    if settings["calibration"]["adjusted"]:
+        posterior["A_std_unadjusted"] = raw["A"]
+    return diagnostics.inference_data(
+        posterior=posterior,
+        sample_stats=_sample_stats(extra),
+        log_likelihood={"y": ll},
+        observed={"volume": gv.values},
+        constant={},
+        coords={**_COORDS, "frequency_group": np.arange(ll.shape[-1])},
+        dims={**_DIMS, "y": ["frequency_group"], "volume": ["i", "j", "k"]},
         attrs={"aniso_gp_settings": json.dumps(settings)},
     )
 
@@ -534,16 +723,49 @@ class Fit:
         return self.settings["kernel"]
 
     @property
+    def is_volume(self) -> bool:
+        """True for a whole-volume (``likelihood="whittle"``) fit."""
+        return "grid" in self.settings
+
+    def gridded(self) -> gridded.GriddedVolume:
+        """The fitted volume (NaN off the mask), for a whole-volume fit."""
+        if not self.is_volume:
+            raise ValueError("this fit was made on points, not on a volume")
+        g = self.settings["grid"]
+        vals = np.asarray(self.idata.observed_data["volume"])
+        return gridded.GriddedVolume(vals, ~np.isnan(vals), tuple(g["spacing"]),
+                                     tuple(g["origin"]), g["taper"])
+
+    @property
     def X(self) -> np.ndarray:
+        """Coordinates (N, 3) of the fitted points (of the observed voxels of a volume)."""
+        if self.is_volume:
+            return self.gridded().points()[0]
         return np.asarray(self.idata.constant_data["X"])
 
     @property
     def y(self) -> np.ndarray:
+        """Values (N,) of the fitted points (of the observed voxels of a volume)."""
+        if self.is_volume:
+            return self.gridded().points()[1]
         return np.asarray(self.idata.observed_data["y"])
+
+    def _extent(self) -> np.ndarray:
+        if self.is_volume:
+            return np.asarray(self.settings["grid"]["extent"])
+        return np.ptp(self.X, axis=0)
 
     def metric_draws(self) -> np.ndarray:
         """Metric draws ``M`` (S, 3, 3) in the user's units (inverse squared length)."""
         return self._draws("metric")
+
+    def axes_draws(self) -> np.ndarray:
+        """Principal axes (S, 3, 3), one per column, canonical order (longest first)."""
+        return self._draws("axes")
+
+    def lengthscale_draws(self) -> np.ndarray:
+        """Sorted length-scales (S, 3), longest first, in the user's units."""
+        return self._draws("lengthscales")
 
     def canonical_draws(self) -> pd.DataFrame:
         """One row per draw: chain, draw, canonical length-scales and axis-angle, signal,
@@ -593,7 +815,7 @@ class Fit:
         trend/plunge, credible-cone half-angle and a plain-words identifiability note."""
         return orientation.orientation_table(
             self._draws("lengthscales"), self._draws("axes"),
-            interval=interval, cone_level=cone_level, extent=np.ptp(self.X, axis=0),
+            interval=interval, cone_level=cone_level, extent=self._extent(),
             fixed_axes=self.kernel == "ard",
         )
 
@@ -610,11 +832,21 @@ class Fit:
         pick["mean"] = (pick["mean"] - self.std.y_mean) / self.std.y_sd
         return pick
 
+    def predict_grid(self, num_draws: int = 20, num_simulations: int = 1, **kwargs):
+        """Posterior mean and sd at every voxel of a whole-volume fit's grid (FFT kriging and
+        conditional simulation): see :func:`aniso_gp.grid_prediction.predict_grid`."""
+        from aniso_gp.grid_prediction import predict_grid
+
+        return predict_grid(self, num_draws, num_simulations, **kwargs)
+
     def predict_draws(self, X_new, num_draws: int = 200):
         """Per-draw Gaussian predictives at ``X_new`` in standardised units.
 
         Returns ``(mu, var, noise_var)``: (S, P), (S, P) latent, (S,) noise variance.
         """
+        if self.is_volume:
+            raise ValueError("a whole-volume fit predicts on its grid: use Fit.predict_grid "
+                             "(mean and sd at every voxel)")
         X_new = check.coordinates(X_new, "X_new")
         d = self._thinned(num_draws)
         Xs, ys = self.std.x(self.X), self.std.y(self.y)
@@ -711,9 +943,10 @@ class Fit:
 
     def __repr__(self) -> str:
         s = self.settings
+        n = s["grid"]["observed_voxels"] if self.is_volume else self.X.shape[0]
         return (f"Fit(kernel={s['kernel']!r}, base={s['base']!r}, "
                 f"parameterization={s['parameterization']!r}, likelihood={s['likelihood']!r}, "
-                f"N={self.X.shape[0]}, chains={s['num_chains']}, draws={s['num_samples']})")
+                f"N={n}, chains={s['num_chains']}, draws={s['num_samples']})")
 
 
 def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) -> pd.DataFrame:

@@ -37,7 +37,10 @@ The observation site ``y`` is a proper distribution: :class:`GaussianProcessMVN`
 (a MultivariateNormal whose log density uses the custom-VJP exact likelihood),
 or :class:`LowRankGaussian` (a ``LowRankMultivariateNormal`` whose log density
 is evaluated in row blocks by :func:`~aniso_gp.likelihoods.lowrank_loglik_streamed`)
-for the DTC / FITC approximations.
+for the DTC / FITC approximations, or, for a whole volume (``likelihood="whittle"``),
+:class:`WhittleFourier`: independent Gaussian Fourier coefficients of the tapered
+volume with the debiased expected periodogram as variances, whose log density is
+the debiased spatial Whittle likelihood.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.linalg import expm
+from numpyro.distributions import constraints
 
 from aniso_gp import kernels
 from aniso_gp.likelihoods import (
@@ -59,14 +63,17 @@ from aniso_gp.likelihoods import (
     fitc_diagonal,
     lowrank_loglik,
     lowrank_loglik_streamed,
+    whittle_loglik,
+    whittle_terms,
 )
+from aniso_gp.linalg.grid import expected_periodogram
 from aniso_gp.linalg.nystrom import cross_factor, landmark_cholesky
 
 jax.config.update("jax_enable_x64", True)
 
 KERNELS = ("rotated", "ard", "full")
 PARAMETERIZATIONS = ("axis-angle", "identifiable")
-LIKELIHOODS = ("exact", "dtc", "fitc")
+LIKELIHOODS = ("exact", "dtc", "fitc", "whittle")
 STREAM_BLOCK = 2048  # rows per block of the low-rank density (fastest of 512-8,192 on CPU)
 
 
@@ -161,6 +168,57 @@ class LowRankGaussian(dist.LowRankMultivariateNormal):
         return lowrank_loglik(self._factor, self._diag, value - self.loc)
 
 
+class WhittleFourier(dist.Distribution):
+    r"""The Whittle model of a tapered volume's Fourier coefficients.
+
+    The value is the real half spectrum of the tapered DFT ``J = rfftn(g x)``
+    held as ``(2, n0, n1, n2//2 + 1)`` (real and imaginary parts). Each Fourier
+    coordinate is Gaussian with mean ``loc`` (the DFT of the constant mean,
+    ``mean * rfftn(g)``) and variance ``Ibar`` (the expected periodogram),
+    independently of the others; ``log_prob`` is the density of the orthonormal
+    real coordinates (``sqrt 2 Re J``, ``sqrt 2 Im J`` per conjugate pair, ``J``
+    at the real frequencies), which is
+    :func:`~aniso_gp.likelihoods.whittle_loglik`. ``sample`` draws from the
+    same model (white noise through the unitary DFT, scaled by ``sqrt(Ibar)``),
+    which keeps the conjugate symmetry of a real field.
+
+    Args:
+        loc: (2, n0, n1, m) real and imaginary parts of the mean's DFT.
+        expected: (n0, n1, m) expected periodogram ``Ibar > 0`` (the variances).
+        weights: (n0, n1, m) multiplicities in the full grid (1 or 2).
+        grid_shape: ``(n0, n1, n2)`` (static).
+    """
+
+    arg_constraints = {"loc": constraints.real, "expected": constraints.positive}
+    support = constraints.real
+    pytree_data_fields = ("loc", "expected", "weights")
+    pytree_aux_fields = ("grid_shape",)
+
+    def __init__(self, loc, expected, weights, grid_shape, *, validate_args=None):
+        self.loc, self.expected, self.weights = loc, expected, weights
+        self.grid_shape = tuple(int(n) for n in grid_shape)
+        super().__init__(batch_shape=(), event_shape=jnp.shape(loc),
+                         validate_args=validate_args)
+
+    def _residual2(self, value):
+        d = value - self.loc
+        return d[0] ** 2 + d[1] ** 2
+
+    def log_prob(self, value):
+        return whittle_loglik(self.expected, self._residual2(value), self.weights)
+
+    def pointwise(self, value):
+        """Per-frequency terms (n0, n1, m) that sum to :meth:`log_prob`."""
+        return whittle_terms(self.expected, self._residual2(value), self.weights)
+
+    def sample(self, key, sample_shape=()):
+        n = self.grid_shape
+        z = jnp.fft.rfftn(jax.random.normal(key, tuple(sample_shape) + n),
+                          axes=(-3, -2, -1)) / math.sqrt(math.prod(n))
+        sd = jnp.sqrt(self.expected)
+        return self.loc + jnp.stack([z.real * sd, z.imag * sd], axis=-4)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Static description of a model (hashable: safe as a static jit argument)."""
@@ -223,25 +281,46 @@ def transform_matrix(kparams: dict) -> jnp.ndarray:
     return kernels.transform_matrix(kparams)
 
 
-def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None):
-    """NumPyro model: constant mean + stationary anisotropic GP + Gaussian noise.
+def sample_parameters(spec: ModelSpec):
+    """Sample the mean, signal sd, noise sd and metric; return ``(mean, signal, noise, A)``.
 
-    Args:
-        X: (N, 3) standardised coordinates.
-        y: (N,) standardised values, or None to sample from the prior predictive.
-        spec: the static :class:`ModelSpec`.
-        landmarks: (m, 3) inducing inputs for ``likelihood`` ``"dtc"``/``"fitc"``,
-            fixed per fit so the target is a deterministic function of the
-            hyperparameters.
+    ``A`` (``M = A A^T``) is recorded as the deterministic site ``"A"``: the
+    labelling-free quantity every summary is built from (no cost in the gradient).
     """
     p = spec.priors
     mean = numpyro.sample("mean", dist.Normal(p.mean_loc, p.mean_sd))
     signal = numpyro.sample("signal", dist.HalfNormal(p.signal_scale))
     noise = numpyro.sample("noise", dist.HalfNormal(p.noise_scale))
-    kparams = sample_kernel_params(spec)
-    # Recorded per draw (no cost in the gradient): the metric M = A A^T is the
-    # labelling-free quantity every summary is built from.
-    A = numpyro.deterministic("A", transform_matrix(kparams))
+    A = numpyro.deterministic("A", transform_matrix(sample_kernel_params(spec)))
+    return mean, signal, noise, A
+
+
+def parameter_model(*, spec: ModelSpec):
+    """The parameter sites of :func:`gp_model` alone: for moving draws between the
+    constrained and unconstrained spaces without evaluating a likelihood."""
+    sample_parameters(spec)
+
+
+def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None, grid=None):
+    """NumPyro model: constant mean + stationary anisotropic GP + Gaussian noise.
+
+    Args:
+        X: (N, 3) standardised coordinates (``None`` for ``likelihood="whittle"``).
+        y: (N,) standardised values, or None to sample from the prior predictive;
+            for ``"whittle"``, the (2, n0, n1, m) tapered DFT of the standardised
+            volume (:class:`WhittleFourier`).
+        spec: the static :class:`ModelSpec`.
+        landmarks: (m, 3) inducing inputs for ``likelihood`` ``"dtc"``/``"fitc"``,
+            fixed per fit so the target is a deterministic function of the
+            hyperparameters.
+        grid: for ``"whittle"``, the Fourier structure of the volume
+            (:class:`aniso_gp.gridded.GridData`: lag axes in standardised units,
+            mask autocorrelation, half-spectrum weights, DFT of the taper).
+    """
+    mean, signal, noise, A = sample_parameters(spec)
+    if spec.likelihood == "whittle":
+        numpyro.sample("y", whittle_site(grid, mean, signal, noise, A, spec.base), obs=y)
+        return
     Z = X @ A
     n = X.shape[0]
     loc = jnp.full((n,), mean)
@@ -258,6 +337,19 @@ def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None):
         lowrank_loglik_streamed, _kernel_on(signal, spec.base), Z, Zm, noise_var=noise**2,
         kdiag=signal**2 if fitc else None, block_size=STREAM_BLOCK)
     numpyro.sample("y", LowRankGaussian(loc, U, d, loglik=streamed), obs=y)
+
+
+def whittle_site(grid, mean, signal, noise, A, base) -> WhittleFourier:
+    """The :class:`WhittleFourier` distribution of a volume's DFT under these parameters.
+
+    ``Ibar = E I`` of the signal (kernel at every signed lag times the mask
+    autocorrelation, folded and transformed) plus the nugget ``noise^2 c_g(0)``;
+    the clip at 0 only absorbs FFT round-off of a vanishing signal spectrum.
+    """
+    k = kernels.on_lags(grid.lags, A, signal**2, base)
+    expected = (jnp.maximum(expected_periodogram(k, grid.c_half), 0.0)
+                + noise**2 * grid.c_half[0, 0, 0])
+    return WhittleFourier(mean * grid.G, expected, grid.weights, grid.shape)
 
 
 def _kernel_on(signal, base):

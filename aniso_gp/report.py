@@ -55,6 +55,9 @@ COMPARISON_CSV = "comparison.csv"
 # a few seconds, whatever the size of the user's volume.
 SLICE_MAX_VOXELS = 40
 SLICE_PREDICT_DRAWS = 40
+# Whole-volume fits: each draw is two grid solves (hundreds of FFT products each at low
+# noise); the figure is qualitative, so a few draws and a loose tolerance.
+SLICE_GRID_DRAWS = 4
 FIGURE_DPI = 110
 
 
@@ -478,7 +481,19 @@ def _invariant_chains(f) -> dict:
 
 
 def _slice_volumes(f, volume: Volume) -> dict:
-    """Data, predictive mean and sd on the three mid-planes (NaN elsewhere: not predicted)."""
+    """Data, predictive mean and sd on the three mid-planes (NaN elsewhere: not predicted).
+
+    A whole-volume fit predicts its whole grid (FFT kriging); the three volumes
+    are then thinned like the data for display.
+    """
+    if f.is_volume:
+        gv = f.gridded()
+        mean, sd, _ = f.predict_grid(num_draws=SLICE_GRID_DRAWS, tol=1e-3)
+        frame = {"spacing": gv.spacing, "origin": gv.origin}
+        full = {"data": Volume(density=gv.values, **frame),
+                "predictive mean": Volume(density=mean, **frame),
+                "predictive sd": Volume(density=sd, **frame)}
+        return {k: _coarsen(v, SLICE_MAX_VOXELS) for k, v in full.items()}
     shape = volume.shape
     mid = tuple(n // 2 for n in shape)
     on_plane = np.zeros(shape, dtype=bool)

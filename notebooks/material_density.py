@@ -236,3 +236,82 @@ save(plots.lengthscale_densities({k: f._draws("lengthscales") for k, f in needle
 for name, fits in (("nano-brick", brick_fits), ("needle", needle_fits)):
     for k, f in fits.items():
         print(f"{name:10s} {k:8s}", "; ".join(f.diagnostics()["flags"]))
+
+# %% [markdown]
+# ## 4. Whole volumes: every voxel of a real micro-CT crop
+#
+# Sections 1 and 2 fit a few hundred voxels with the exact likelihood, whose cost grows
+# as $N^3$. A volume is a regular grid and the kernel is stationary, so the covariance of
+# the whole grid has FFT structure: the **debiased spatial Whittle likelihood**
+# (`likelihood="whittle"`, the default when `fit` is given a volume) costs
+# $O(N \log N)$ per gradient and uses every voxel. It is a pseudo-likelihood (it treats
+# Fourier coefficients as independent), so `fit` applies a curvature adjustment that
+# makes its intervals honest (`fit.settings["calibration"]`).
+#
+# The data: a $48^3$ crop of an X-ray micro-CT of a polymer fibre scaffold (quanfima,
+# MIT licence; `datasets.polymer_fibres()`), fibres running mostly along array axis 1.
+# Side by side: the whole crop with the Whittle likelihood, and a 400-voxel stratified
+# subsample with the exact one.
+
+# %%
+import time  # noqa: E402
+
+fibres = datasets.polymer_fibres()
+if SMOKE:  # a corner of the crop: the point is to run every cell
+    fibres = datasets.Volume(density=fibres.density[:16, :16, :16], units="voxel")
+N_SUB = 60 if SMOKE else 400
+t0 = time.perf_counter()
+whole = inference.fit(fibres, kernel="rotated", parameterization="identifiable",
+                      base="matern52", num_chains=CHAINS, num_warmup=WARMUP,
+                      num_samples=SAMPLES, seed=SEED, progress=not SMOKE)
+t_whole = time.perf_counter() - t0
+pts = fibres.to_points()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    Xs, ys = io.subsample(pts.X, pts.y, N_SUB, method="stratified", seed=SEED)
+t0 = time.perf_counter()
+sub = inference.fit(Xs, ys, kernel="rotated", parameterization="identifiable",
+                    base="matern52", num_chains=CHAINS, num_warmup=WARMUP,
+                    num_samples=SAMPLES, seed=SEED, progress=not SMOKE)
+t_sub = time.perf_counter() - t0
+
+
+def summary_row(f, seconds, what):
+    t = f.orientation()
+    return {"data": what, "l1": t["l_median"].iloc[0], "l2": t["l_median"].iloc[1],
+            "l3": t["l_median"].iloc[2], "cone95 axis 1": t["cone95_deg"].iloc[0],
+            "cone95 axis 3": t["cone95_deg"].iloc[2], "wall s": seconds}
+
+
+side = pd.DataFrame([summary_row(whole, t_whole, f"whole crop ({fibres.density.size} voxels, "
+                                 "whittle)"),
+                     summary_row(sub, t_sub, f"subsample ({N_SUB} voxels, exact)")])
+side
+
+# %%
+axis_gap = orientation.axis_errors(whole.axes_draws(),
+                                   orientation.axes_from_metrics(
+                                       orientation.log_euclidean_mean(sub.metric_draws())[None]
+                                   )[1][0])
+print("angle between the two fits' mean axes (deg):", axis_gap.round(1))
+print("calibration:", {k: v for k, v in whole.settings["calibration"].items()
+                       if k in ("adjusted", "width_factors")})
+table_w = whole.orientation()
+save(plots.stereonet(whole.axes_draws(),
+                     mean_axes=table_w[["dir_x", "dir_y", "dir_z"]].to_numpy().T,
+                     cone_deg=table_w["cone95_deg"].to_numpy(),
+                     title="polymer fibres: whole crop (Whittle)"), "fibres_stereonet")
+
+# %% [markdown]
+# Both describe the same fibres: the long axis (the fibre direction) points along array
+# axis 1, and the two fits agree within their cones. Using every voxel narrows the cones
+# and the length-scale intervals, in about the time of the subsample fit.
+
+# %%
+assert whole.settings["likelihood"] == "whittle" and whole.settings["calibration"]["adjusted"]
+assert np.all(np.isfinite(side[["l1", "l2", "l3"]].to_numpy()))
+long_axis = table_w[["dir_x", "dir_y", "dir_z"]].to_numpy()[0]
+if not SMOKE:
+    assert np.argmax(np.abs(long_axis)) == 1, long_axis  # fibres along array axis 1
+    assert side["cone95 axis 3"].iloc[0] < side["cone95 axis 3"].iloc[1]
+    assert axis_gap[0] < max(side["cone95 axis 1"])

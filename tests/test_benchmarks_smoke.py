@@ -8,10 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _quick(script: str, timeout: int) -> str:
+def _quick(script: str, timeout: int, *extra: str) -> str:
     """Run ``benchmarks/<script> --quick --no-append``; return its stdout."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--no-append"],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--no-append", *extra],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -32,3 +32,9 @@ def test_linalg_scaling_quick():
 def test_large_fit_quick():
     out = _quick("large_fit.py", timeout=300)
     assert "| steps/draw" in out and "| rel. Frobenius" in out
+
+
+def test_volume_scaling_quick():
+    # Sections 2 (a peer environment from PyPI) and 4-7 (many fits) are manual.
+    out = _quick("volume_scaling.py", 300, "--sections", "1,3")
+    assert "### 1. Value and gradient time" in out and "| rel. Frobenius" in out

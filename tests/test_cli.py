@@ -9,6 +9,7 @@ whose report checks use it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,6 +92,28 @@ def test_fit_writes_the_run_directory(fitted_run):
     orient = pd.read_csv(d / "orientation.csv", index_col=[0, 1])
     assert len(orient) == 3
     assert "um" in (d / "report.html").read_text()
+
+
+def test_fit_whole_volume_with_crop_mask_and_prediction(tiny_volume, tmp_path, capsys):
+    """A volume without --subsample is fitted whole (whittle), cropped and masked, and its
+    grid prediction written; the report says how the data were used."""
+    mask = np.ones((10, 10, 10), np.uint8)
+    mask[:, :2, :] = 0
+    np.save(tmp_path / "mask.npy", mask)
+    code, out, err = _run(capsys, "fit", tiny_volume, "--kernel", "ard", "--crop", "1:9,:,:",
+                          "--mask", tmp_path / "mask.npy", "--taper", "tukey", "--predict",
+                          "npy", "--chains", "1", "--warmup", "40", "--samples", "40",
+                          "--quiet", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "whole volume 8x10x10 (640 voxels)" in out
+    run = tmp_path / "run"
+    mean, sd = np.load(run / "prediction_mean.npy"), np.load(run / "prediction_sd.npy")
+    assert mean.shape == sd.shape == (8, 10, 10) and np.all(sd > 0)
+    settings = json.loads((run / "fits" / "ard" / "settings.json").read_text())
+    assert settings["likelihood"] == "whittle" and settings["grid"]["taper"] == "tukey"
+    assert settings["grid"]["origin"] == [1.0, 0.0, 0.0]
+    assert settings["grid"]["masked_fraction"] == pytest.approx(0.2)
+    assert "debiased Whittle" in (run / "report.md").read_text()
 
 
 def test_report_rebuilds_a_saved_run(fitted_run, capsys):
@@ -182,13 +205,27 @@ def test_bad_column_names_the_available_ones(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["compare", "{data}", "--kernels", "rotated,gaussian"], "--kernels must list"),
-    (["fit", "{data}", "--holdout", "1.5"], "--holdout must be in"),
+    (["fit", "{data}", "--subsample", "50", "--holdout", "1.5"], "--holdout must be in"),
+    (["fit", "{data}", "--holdout", "0.2"], "--holdout applies to points"),
+    (["fit", "{data}", "--subsample", "50", "--predict", "npy"], "--predict writes grid"),
+    (["fit", "{data}", "--subsample", "50", "--likelihood", "whittle"],
+     "--likelihood whittle needs a volume"),
+    (["fit", "{data}", "--subsample", "50", "--taper", "hann"], "--taper applies to"),
+    (["fit", "{data}", "--crop", "0:5,0:5"], "--crop takes three ranges"),
+    (["fit", "{data}", "--crop", "0:5,a:b,:"], "--crop ranges look like"),
+    (["fit", "{data}", "--crop", "5:5,:,:"], "selects no voxel"),
+    (["fit", "{data}", "--crop", "0:3,:,:"], "at least 4 voxels"),
+    (["fit", "{data}", "--mask", "{data}", "--crop", ":,:,:"], "`mask` has no True voxel"),
     (["fit", "{data}", "--chains", "0"], "--chains must be a positive"),
     (["fit", "{data}", "--spacing", "1", "2"], "--spacing takes 1 or 3"),
     (["report", "{tmp}"], "not a run directory"),
 ])
 def test_user_errors_are_one_line(argv, message, tiny_volume, tmp_path, capsys):
     argv = [a.format(data=tiny_volume, tmp=tmp_path) for a in argv]
+    if "--mask" in argv:  # a mask file of zeros
+        zeros = tmp_path / "zeros.npy"
+        np.save(zeros, np.zeros(np.load(tiny_volume).shape, np.uint8))
+        argv[argv.index("--mask") + 1] = str(zeros)
     if argv[0] != "report":
         argv += ["--out", str(tmp_path / "o")]
     code, _, err = _run(capsys, *argv)

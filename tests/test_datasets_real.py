@@ -80,6 +80,21 @@ def test_laminated_needle_shape_units_and_layering():
     np.testing.assert_allclose(pts.X[-1] - pts.X[0], [31 * 6.72, 13 * 6.72, 13 * 6.72])
 
 
+def test_polymer_fibres_is_the_documented_crop_with_fibres_along_axis_1():
+    vol = ds.polymer_fibres()
+    assert vol.shape == (48, 48, 48) and vol.units == "voxel"
+    assert vol.density.min() >= 0 and vol.density.max() <= 255
+    raw = REPO.parent / "shared" / "data" / "polymer3d_8bit_128x128x128.raw"
+    if raw.exists():  # the development copy: the crop is the stated block
+        full = np.fromfile(raw, np.uint8).reshape(128, 128, 128)
+        np.testing.assert_array_equal(vol.density, full[40:88, 0:48, 40:88])
+    # Fibres along axis 1: neighbouring voxels along it are the most alike (the
+    # lag-1 autocorrelation is largest there).
+    x = vol.density - vol.density.mean()
+    rho = [np.mean(x * np.roll(x, 1, axis=a)) / np.mean(x * x) for a in range(3)]
+    assert int(np.argmax(rho)) == 1, rho
+
+
 def test_data_path_missing_file_is_clear():
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         ds.data_path("nope.csv")
