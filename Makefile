@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# One thread per process for XLA's CPU Cholesky (DESIGN.md section 2: stable on 2 cores).
+# One thread per process for XLA's CPU Cholesky (docs/design.md section 2: stable on 2 cores).
 export XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1
 export PYTHONUNBUFFERED := 1
 # One LAPACK thread per process: JAX's CPU Cholesky calls OpenBLAS, whose per-core

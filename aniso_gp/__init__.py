@@ -4,7 +4,7 @@ Importing the package enables float64 in JAX (``jax_enable_x64``); every
 numerical routine here assumes it. If JAX's CPU backend has not started yet, it
 also asks for single-threaded XLA CPU kernels (unless ``XLA_FLAGS`` is set) and
 ``max(4, cores)`` CPU devices, so NUTS chains run in parallel, one per device
-(DESIGN.md section 2: XLA's multi-threaded CPU Cholesky is erratic on small
+(docs/design.md section 2: XLA's multi-threaded CPU Cholesky is erratic on small
 machines; one chain per core was stable).
 """
 

@@ -110,6 +110,24 @@ def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
     return f
 
 
+def triple(v, name: str, positive: bool) -> tuple[float, float, float]:
+    """A number or 3 numbers (one per array axis) -> three finite floats (strictly
+    positive if asked): voxel spacings and origins."""
+    try:
+        arr = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be a number or 3 numbers; got {v!r}") from err
+    if arr.ndim == 0:
+        arr = np.full(3, float(arr))
+    if arr.shape != (3,):
+        raise ValueError(f"`{name}` must be a number or 3 numbers (one per array axis); "
+                         f"got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or (positive and np.any(arr <= 0)):
+        kind = "finite and strictly positive" if positive else "finite"
+        raise ValueError(f"`{name}` must be {kind}; got {arr.tolist()}")
+    return tuple(float(x) for x in arr)
+
+
 def base_name(base: str) -> str:
     if base not in BASES:
         raise ValueError(f"`base` must be one of {BASES}; got {base!r}")

@@ -20,12 +20,29 @@ here with the symmetric choice ``B = S^{1/2} H^{1/2}``, ``S = H^{-1} J H^{-1}``
 (``B = I`` when ``J = H``, a correctly specified likelihood). Everything is in
 the sampler's unconstrained coordinates (log signal, log noise, the metric's
 free parameters, the mean), where the posterior is closest to Gaussian.
-``theta_hat`` is the posterior mean there, ``H`` the autodiff Hessian of the
-pseudo-log-likelihood (not the prior) at it, and ``J`` the sample covariance of
-its gradient over volumes simulated from the model at ``theta_hat`` (a
-parametric bootstrap, by circulant embedding on the same grid, mask and taper).
-The adjustment ignores the prior's curvature, which is small against ``H`` once
-a volume holds thousands of voxels.
+``theta_hat`` is the posterior mean there, ``H`` the Hessian of the
+pseudo-log-likelihood at it (central differences of the compiled score), and
+``J`` the sample covariance of the score over volumes simulated from the model
+at ``theta_hat`` (a parametric bootstrap, by circulant embedding on the same
+grid, mask and taper).
+
+The prior's curvature ``P`` (with the Jacobian of the unconstrained transform)
+is kept: the raw posterior's precision is ``H + P`` and the adjusted one's
+``H J^{-1} H + P``, so
+
+.. math::
+    B = \Sigma_a^{1/2} (H + P)^{1/2}, \qquad \Sigma_a = (H J^{-1} H + P)^{-1},
+
+which is the map above when ``P = 0``. Where the data barely inform a
+direction (a length-scale long against the grid: ``H`` small, ``J`` noisy),
+the prior holds the map near the identity there; without ``P`` the map divided
+by a near-zero curvature and threw draws to length-scales of 1e8.
+
+The rotated kernel's axis-angle chart is adjusted in the log-metric chart
+(``vech(log M)``, as ``parameterization="identifiable"``): its draws of one
+metric can sit in several of the 24 labellings, whose average in axis-angle
+coordinates is no point of the posterior. Each adjusted metric goes back as its
+canonical ``(l, a)``.
 """
 
 from __future__ import annotations
@@ -38,11 +55,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
-from numpyro.infer.util import constrain_fn, unconstrain_fn
+from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
-from aniso_gp import gridded
+from aniso_gp import gridded, kernels, so3
 from aniso_gp.linalg.grid import tapered_dft
-from aniso_gp.models import gp_model, parameter_model
+from aniso_gp.models import gp_model, parameter_model, vech
 
 jax.config.update("jax_enable_x64", True)
 
@@ -53,7 +70,7 @@ SITES_FIXED = ("A",)  # deterministic, recomputed from the adjusted draws
 class Adjustment:
     """The linear map applied to the draws, and what it was computed from.
 
-    ``z_hat`` (d,), ``B``, ``H``, ``J`` (d, d) in the unconstrained coordinates
+    ``z_hat`` (d,), ``B``, ``H``, ``J``, ``P`` (d, d) in the unconstrained coordinates
     ordered as ``jax.flatten_util.ravel_pytree`` orders the sites (sorted names).
     ``embedding_ratio`` is the smallest circulant eigenvalue over the largest of
     the bootstrap's embedding (``> -1e-10``: exact draws).
@@ -63,15 +80,14 @@ class Adjustment:
     B: np.ndarray
     H: np.ndarray
     J: np.ndarray
+    P: np.ndarray
     num_bootstrap: int
     embedding_ratio: float
 
     def width_factors(self) -> np.ndarray:
-        """Square roots of the eigenvalues of ``H^{1/2} S H^{1/2}``: how much wider (> 1)
-        or narrower the adjusted posterior is along its principal directions."""
-        Hh = _sqrtm(self.H)
-        S = np.linalg.solve(self.H, np.linalg.solve(self.H, self.J).T)
-        return np.sqrt(np.clip(np.linalg.eigvalsh(Hh @ S @ Hh), 0.0, None))
+        """Singular values of ``B``: how much wider (> 1) or narrower the adjusted
+        posterior is than the raw one along its principal directions."""
+        return np.linalg.svd(self.B, compute_uv=False)
 
     def as_dict(self) -> dict:
         return {"method": "curvature adjustment (Ribatet et al. 2012; Goodwin et al. 2025)",
@@ -85,11 +101,25 @@ def _sqrtm(S: np.ndarray) -> np.ndarray:
     return (V * np.sqrt(np.clip(lam, 0.0, None))) @ V.T
 
 
-def adjustment_map(H, J) -> np.ndarray:
-    """``B = S^{1/2} H^{1/2}`` with ``S = H^{-1} J H^{-1}``, so ``B H^{-1} B^T = S``."""
+def _psd(S: np.ndarray) -> np.ndarray:
+    lam, V = np.linalg.eigh(0.5 * (S + S.T))
+    return (V * np.clip(lam, 0.0, None)) @ V.T
+
+
+def adjustment_map(H, J, P=None) -> np.ndarray:
+    """``B = Sigma_a^{1/2} (H + P)^{1/2}`` with ``Sigma_a = (H J^{-1} H + P)^{-1}``.
+
+    So ``B (H + P)^{-1} B^T = Sigma_a``: draws with the raw posterior's covariance
+    get the adjusted one's. ``P = 0`` (the default) gives ``Sigma_a = H^{-1} J H^{-1}``,
+    the sandwich. ``H``, ``J`` (d, d) SPD; ``P`` (d, d) is projected onto PSD.
+    """
     H = 0.5 * (np.asarray(H) + np.asarray(H).T)
-    S = np.linalg.solve(H, np.linalg.solve(H, np.asarray(J)).T)
-    return _sqrtm(S) @ _sqrtm(H)
+    J = 0.5 * (np.asarray(J) + np.asarray(J).T)
+    P = np.zeros_like(H) if P is None else _psd(np.asarray(P))
+    precision = _psd(H @ np.linalg.solve(J, H)) + P
+    lam, V = np.linalg.eigh(0.5 * (precision + precision.T))
+    lam = np.clip(lam, 1e-12 * lam.max(), None)
+    return (V / np.sqrt(lam)) @ V.T @ _sqrtm(H + P)
 
 
 def _jacobian_by_differences(f, x, h: float = 1e-4) -> np.ndarray:
@@ -130,6 +160,27 @@ def constrained_draws(spec, z_flat, unravel) -> dict:
     return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(jnp.asarray(z_flat)).items()}
 
 
+def _log_metric_draws(samples: dict) -> dict:
+    """Axis-angle draws -> the same metrics as ``log_metric = vech(log M)`` draws."""
+    A = jnp.asarray(samples["A"])
+    lam, V = jnp.linalg.eigh(A @ jnp.swapaxes(A, -1, -2))
+    S = (V * jnp.log(lam)[..., None, :]) @ jnp.swapaxes(V, -1, -2)
+    out = {k: samples[k] for k in ("mean", "signal", "noise")}
+    return {**out, "log_metric": np.asarray(vech(S)), "A": samples["A"]}
+
+
+def _axis_angle_draws(samples: dict) -> dict:
+    """Log-metric draws -> the axis-angle chart's sites, each metric in canonical form."""
+    A = jnp.asarray(samples["A"])
+    l, V = so3.principal_axes(A @ jnp.swapaxes(A, -1, -2))
+    l, a = so3.canonicalize(l, so3.log(V))
+    A = jax.vmap(lambda l, a: kernels.transform_matrix({"lengthscales": l, "axis_angle": a}))(
+        l, a)
+    out = {k: samples[k] for k in ("mean", "signal", "noise")}
+    return {**out, "log_l": np.asarray(jnp.log(l)), "axis_angle": np.asarray(a),
+            "A": np.asarray(A)}
+
+
 def whittle_adjustment(spec, grid, data, g, samples: dict, *, num_bootstrap: int = 200,
                        seed: int = 0, batch: int = 8) -> tuple[Adjustment, dict]:
     """Compute the curvature adjustment of a Whittle fit and apply it to its draws.
@@ -145,6 +196,11 @@ def whittle_adjustment(spec, grid, data, g, samples: dict, *, num_bootstrap: int
         ``(adjustment, adjusted)``: the :class:`Adjustment` and the adjusted draws,
         a dict like ``samples`` with ``"A"`` recomputed.
     """
+    if spec.kernel == "rotated" and spec.parameterization == "axis-angle":
+        chart = dataclasses.replace(spec, parameterization="identifiable")
+        adj, adjusted = whittle_adjustment(chart, grid, data, g, _log_metric_draws(samples),
+                                           num_bootstrap=num_bootstrap, seed=seed, batch=batch)
+        return adj, _axis_angle_draws(adjusted)
     z, unravel = unconstrained_draws(spec, samples)
     z_hat = z.mean(axis=0)
     score = jax.jit(jax.grad(_site_loglik(spec, grid)), static_argnums=2)
@@ -154,6 +210,8 @@ def whittle_adjustment(spec, grid, data, g, samples: dict, *, num_bootstrap: int
     lam, V = np.linalg.eigh(H)
     if lam.min() <= 1e-10 * lam.max():  # not at a mode of ell: keep the curvature positive
         H = (V * np.clip(np.abs(lam), 1e-10 * lam.max(), None)) @ V.T
+    P = np.asarray(jax.jit(jax.hessian(lambda v: potential_energy(
+        parameter_model, (), {"spec": spec}, unravel(v))))(jnp.asarray(z_hat)))
 
     at = {k: v[0] for k, v in constrained_draws(spec, z_hat[None], unravel).items()}
     lag_spacing = [float(t[1]) for t in grid.lags]
@@ -180,8 +238,9 @@ def whittle_adjustment(spec, grid, data, g, samples: dict, *, num_bootstrap: int
     scores = np.stack([np.asarray(score(jnp.asarray(z_hat), d, unravel))
                        for k in keys for d in simulated_dfts(k)])[:num_bootstrap]
     Jmat = np.cov(scores.T)
-    B = adjustment_map(H, Jmat)
+    P = 0.5 * (P + P.T)
+    B = adjustment_map(H, Jmat, P)
     adjusted = constrained_draws(spec, z_hat + (z - z_hat) @ B.T, unravel)
-    adj = Adjustment(z_hat=z_hat, B=B, H=H, J=Jmat, num_bootstrap=int(num_bootstrap),
+    adj = Adjustment(z_hat=z_hat, B=B, H=H, J=Jmat, P=P, num_bootstrap=int(num_bootstrap),
                      embedding_ratio=float(embedding[2]))
     return adj, adjusted

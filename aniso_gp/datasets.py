@@ -146,22 +146,6 @@ def synthetic_field(
 # --------------------------------------------------------------------------- #
 # Voxel volumes
 # --------------------------------------------------------------------------- #
-def _triple(v, name: str, positive: bool) -> tuple[float, float, float]:
-    """A scalar or 3-vector -> a tuple of three finite floats (strictly positive if asked)."""
-    try:
-        arr = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"`{name}` must be a number or 3 numbers; got {v!r}") from err
-    if arr.ndim == 0:
-        arr = np.full(3, float(arr))
-    if arr.shape != (3,):
-        raise ValueError(f"`{name}` must be a number or 3 numbers; got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or (positive and np.any(arr <= 0)):
-        kind = "finite and strictly positive" if positive else "finite"
-        raise ValueError(f"`{name}` must be {kind}; got {arr.tolist()}")
-    return tuple(float(x) for x in arr)
-
-
 def voxel_coordinates(shape, spacing=1.0, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
     """Physical coordinates of voxel centres, shape (n0 n1 n2, 3), in C order.
 
@@ -171,8 +155,8 @@ def voxel_coordinates(shape, spacing=1.0, origin=(0.0, 0.0, 0.0)) -> np.ndarray:
     """
     if len(shape) != 3:
         raise ValueError(f"`shape` must have 3 entries; got {tuple(shape)}")
-    s = np.asarray(_triple(spacing, "spacing", positive=True))
-    o = np.asarray(_triple(origin, "origin", positive=False))
+    s = np.asarray(check.triple(spacing, "spacing", positive=True))
+    o = np.asarray(check.triple(origin, "origin", positive=False))
     idx = np.indices(tuple(int(n) for n in shape), dtype=np.float64).reshape(3, -1).T
     return o + idx * s
 
@@ -202,8 +186,8 @@ class Volume:
     def __post_init__(self):
         d = self._grid(self.density, "density")
         object.__setattr__(self, "density", d)
-        object.__setattr__(self, "spacing", _triple(self.spacing, "spacing", positive=True))
-        object.__setattr__(self, "origin", _triple(self.origin, "origin", positive=False))
+        object.__setattr__(self, "spacing", check.triple(self.spacing, "spacing", positive=True))
+        object.__setattr__(self, "origin", check.triple(self.origin, "origin", positive=False))
         if self.f is not None:
             f = self._grid(self.f, "f")
             if f.shape != d.shape:
@@ -398,7 +382,7 @@ def nano_brick(
         raise ValueError(f"`shape` must be 3 integers; got {shape!r}") from err
     if len(shape) != 3 or min(shape) < 2:
         raise ValueError(f"`shape` must be 3 integers >= 2; got {shape}")
-    spacing = _triple(spacing, "spacing", positive=True)
+    spacing = check.triple(spacing, "spacing", positive=True)
     if lengthscales is None:
         lengthscales = np.asarray(NANO_BRICK_LENGTHSCALES[texture]) * min(spacing)
     l = np.asarray(check.lengthscales(lengthscales))

@@ -2,7 +2,7 @@
 
 Keeping every ArviZ call here makes a move to ArviZ 1.x a one-file change.
 R-hat and ESS are only meaningful on quantities that do not depend on the
-labelling of the principal axes (DESIGN.md section 3): the sorted
+labelling of the principal axes (docs/design.md section 3): the sorted
 length-scales, the metric entries, signal, noise and mean.
 """
 

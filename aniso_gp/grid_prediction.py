@@ -21,15 +21,18 @@ noise ``e``, mean ``mu``) and the observed voxels ``O``:
   posterior variance.
 
 Over draws the predictive is a mixture: mean ``E_s[m_s]``, variance
-``E_s[r_s^2] + Var_s[m_s]``. Memory is O(N) (a few (2n)^3 arrays); no N x N
-matrix is formed.
+``E_s[r_s^2] + Var_s[m_s]``, accumulated draw by draw. Memory is O(N) (a few
+(2n)^3 arrays, whatever the number of draws); no N x N matrix is formed.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from aniso_gp import gridded, kernels
 from aniso_gp.linalg import grid as fft_grid
@@ -46,7 +49,8 @@ def _solver(shape, lags, mask, base, tol, maxiter):
     def solve(A, s, e, rhs):
         k = kernels.on_lags(lags, A, s**2, base)
         spectrum = fft_grid.toeplitz_spectrum(k)
-        # k is even, so its embedding circulant has the real eigenvalues spectrum.real.
+        # spectrum.real: the eigenvalues of the symmetrised embedding (for a rotated
+        # kernel the lag -n planes break the torus symmetry); as a preconditioner only.
         shifted = jnp.maximum(spectrum.real, 0.0) + e**2
 
         def matvec(v):
@@ -71,6 +75,12 @@ def predict_draw(solve, shape, lag_spacing, base, A, s, e, mu, ys, key, num_simu
     mean = mu + np.asarray(Kx)
     resid, iters = float(info.residual_norm), int(info.iterations)
     embedding = gridded.psd_torus(shape, lag_spacing, jnp.asarray(A), float(s) ** 2, base)
+    if embedding[2] < -1e-6:
+        warnings.warn(
+            f"the conditional simulations behind the predictive sd are approximate: no "
+            f"circulant embedding up to {embedding[0]} voxels is positive definite for this "
+            f"draw (smallest eigenvalue {embedding[2]:.1e} of the largest), because a "
+            "length-scale is long against the grid", UserWarning, stacklevel=3)
     var = np.zeros(shape)
     for _ in range(int(num_simulations)):
         key, k1, k2 = jax.random.split(key, 3)
@@ -82,7 +92,8 @@ def predict_draw(solve, shape, lag_spacing, base, A, s, e, mu, ys, key, num_simu
 
 
 def predict_grid(fit, num_draws: int = 20, num_simulations: int = 1, *, seed: int = 0,
-                 tol: float = 1e-5, maxiter: int = 2000, include_noise: bool = False):
+                 tol: float = 1e-5, maxiter: int = 2000, include_noise: bool = False,
+                 progress: bool = False):
     """Posterior predictive mean and sd of a whole-volume fit at every voxel of its grid.
 
     Args:
@@ -92,6 +103,7 @@ def predict_grid(fit, num_draws: int = 20, num_simulations: int = 1, *, seed: in
         seed: random seed of the simulations.
         tol, maxiter: preconditioned-CG relative tolerance and iteration cap.
         include_noise: add the noise variance (predicting new measurements).
+        progress: show a progress bar over the draws.
 
     Returns:
         ``(mean, sd, info)``: two (n0, n1, n2) arrays in the values' units (masked
@@ -111,16 +123,25 @@ def predict_grid(fit, num_draws: int = 20, num_simulations: int = 1, *, seed: in
     ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
     d = fit._thinned(int(num_draws))
     keys = jax.random.split(jax.random.PRNGKey(seed), d["signal"].shape[0])
-    means, variances, resid, iters = [], [], 0.0, 0
-    for key, A, s, e, mu in zip(keys, *(np.asarray(d[k]) for k in
-                                        ("A_std", "signal", "noise", "mean")), strict=True):
+    # Running sums over draws, so memory stays a few volumes whatever num_draws is.
+    s1, s2, sv = (np.zeros(gv.shape) for _ in range(3))
+    resid, iters = 0.0, 0
+    draws = list(zip(keys, *(np.asarray(d[k]) for k in ("A_std", "signal", "noise", "mean")),
+                     strict=True))
+    for key, A, s, e, mu in tqdm(draws, desc="predict_grid", unit="draw", disable=not progress):
         m, v, r, i = predict_draw(solve, gv.shape, spacing, base, A, s, e, mu, ys, key,
                                   num_simulations)
-        means.append(m)
-        variances.append(v + (e**2 if include_noise else 0.0))
+        s1 += m
+        s2 += m * m
+        sv += v + (e**2 if include_noise else 0.0)
         resid, iters = max(resid, r), max(iters, i)
-    means = np.stack(means)
-    var = np.mean(variances, axis=0) + means.var(axis=0)
-    info = {"max_cg_residual": resid, "max_cg_iterations": iters, "draws": len(means),
+    if resid > tol:
+        warnings.warn(f"preconditioned CG stopped at relative residual {resid:.1e} > tol = "
+                      f"{tol:g} after {iters} iterations (maxiter = {maxiter}): the predictions "
+                      "are approximate; raise `maxiter`", UserWarning, stacklevel=2)
+    n = len(draws)
+    mean = s1 / n
+    var = sv / n + np.clip(s2 / n - mean * mean, 0.0, None)
+    info = {"max_cg_residual": resid, "max_cg_iterations": iters, "draws": n,
             "simulations_per_draw": int(num_simulations)}
-    return means.mean(axis=0) * std.y_sd + std.y_mean, np.sqrt(var) * std.y_sd, info
+    return mean * std.y_sd + std.y_mean, np.sqrt(var) * std.y_sd, info

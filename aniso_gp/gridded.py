@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aniso_gp import _validation as check
 from aniso_gp import kernels
 from aniso_gp.linalg import grid as fft_grid
 
@@ -37,7 +38,7 @@ jax.config.update("jax_enable_x64", True)
 MIN_VOXELS_PER_AXIS = 4
 TAPERS = (None, *fft_grid.TAPERS)
 LOO_GROUPS = 1000
-_MAX_TORUS_VOXELS = 64_000_000
+_MAX_TORUS_VOXELS = 16_000_000
 
 
 class GridData(NamedTuple):
@@ -110,22 +111,6 @@ class GriddedVolume:
         return np.array(mean), np.array(var), np.array(ptp)
 
 
-def _triple(v, name: str, positive: bool) -> tuple[float, float, float]:
-    try:
-        arr = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"`{name}` must be a number or 3 numbers; got {v!r}") from err
-    if arr.ndim == 0:
-        arr = np.full(3, float(arr))
-    if arr.shape != (3,):
-        raise ValueError(f"`{name}` must be a number or 3 numbers (one per array axis); "
-                         f"got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or (positive and np.any(arr <= 0)):
-        kind = "finite and strictly positive" if positive else "finite"
-        raise ValueError(f"`{name}` must be {kind}; got {arr.tolist()}")
-    return tuple(float(x) for x in arr)
-
-
 def is_volume(X) -> bool:
     """True for what :func:`as_gridded` reads: a ``Volume`` or a 3-D array (not points)."""
     from aniso_gp.datasets import Volume
@@ -152,6 +137,11 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
     from aniso_gp.datasets import Volume
 
     if isinstance(volume, GriddedVolume):
+        given = [k for k, v in (("spacing", spacing), ("mask", mask), ("taper", taper),
+                                ("origin", origin)) if v is not None]
+        if given:
+            raise ValueError(f"`volume` is a GriddedVolume with its own spacing, origin, mask "
+                             f"and taper; do not pass `{'`, `'.join(given)}` as well")
         return volume
     if isinstance(volume, Volume):
         if spacing is not None or origin is not None:
@@ -175,9 +165,9 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
     if min(arr.shape) < MIN_VOXELS_PER_AXIS:
         raise ValueError(f"`volume` needs at least {MIN_VOXELS_PER_AXIS} voxels along every "
                          f"axis; got shape {arr.shape}")
-    spacing = _triple(spacing, "spacing", positive=True)
-    origin = _triple(origin, "origin", positive=False)
-    if taper not in TAPERS:
+    spacing = check.triple(spacing, "spacing", positive=True)
+    origin = check.triple(origin, "origin", positive=False)
+    if not (taper is None or isinstance(taper, str) and taper in TAPERS):
         raise ValueError(f"`taper` must be one of {TAPERS}; got {taper!r}")
     vals = arr.astype(np.float64, copy=True)
     if np.any(np.isinf(vals)):
@@ -307,7 +297,7 @@ def moment_start(ys, g, spacing, max_lag: int = 2):
     return mean, math.sqrt(signal2), math.sqrt(noise2), M
 
 
-def psd_torus(shape, lag_spacing, A, variance, base, max_factor: float = 4.0,
+def psd_torus(shape, lag_spacing, A, variance, base, max_factor: float = 8.0,
               max_voxels: int = _MAX_TORUS_VOXELS):
     """Torus sizes and circulant eigenvalues of the smallest PSD embedding of the kernel.
 

@@ -1,4 +1,4 @@
-r"""Hypergradients by implicit differentiation (DESIGN.md section 5).
+r"""Hypergradients by implicit differentiation (docs/design.md section 5).
 
 Implicit function theorem
 -------------------------
@@ -78,7 +78,7 @@ as its test matrix (``Y = A Q``, one step of subspace iteration), so the basis
 also improves across refreshes. ``probes=None`` computes
 ``B`` exactly (k HVPs, as expensive as a fresh sketch). The stale basis only
 preconditions CG (which still converges to its tolerance); it never defines a
-loss (DESIGN.md section 4).
+loss (docs/design.md section 4).
 
 GP applications
 ---------------

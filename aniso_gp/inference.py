@@ -10,6 +10,14 @@ whose every number is in the user's units:
   (:func:`aniso_gp.so3.canonicalize`), the principal axes as columns;
 * a pointwise log-likelihood from closed-form GP leave-one-out, so
   ``az.loo`` / ``az.compare`` are meaningful.
+
+Given a whole volume (a :class:`~aniso_gp.datasets.Volume` or a 3-D array), ``fit``
+uses the debiased spatial Whittle likelihood on its grid
+(:class:`~aniso_gp.models.WhittleFourier`), starts from a kernel-free moment
+estimate refined by Newton steps, and adjusts the draws by the curvature
+adjustment of :mod:`aniso_gp.calibration`; LOO is then over groups of frequencies
+(:func:`~aniso_gp.gridded.loo_groups`) and prediction is on the grid
+(:meth:`Fit.predict_grid`). The design notes are in ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -118,7 +126,7 @@ def fit(
     y=None,
     kernel: str = "rotated",
     base: str = "rbf",
-    parameterization: str = "axis-angle",
+    parameterization: str = "identifiable",
     num_chains: int = 4,
     num_warmup: int = 500,
     num_samples: int = 500,
@@ -145,11 +153,13 @@ def fit(
         y: (N,) values, for points.
         kernel: ``"rotated"`` (M = R diag(l^-2) R^T), ``"ard"`` or ``"full"`` (free SPD).
         base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
-        parameterization: for the rotated kernel, ``"axis-angle"`` (the paper's:
-            exchangeable length-scales, free axis-angle) or ``"identifiable"``
-            (the matrix logarithm of the metric, six unconstrained numbers with a
+        parameterization: for the rotated kernel, ``"identifiable"`` (the default:
+            the matrix logarithm of the metric, six unconstrained numbers with a
             Gaussian-orthogonal-ensemble prior; chains start at a pilot MAP; see
-            :mod:`aniso_gp.models`).
+            :mod:`aniso_gp.models`) or ``"axis-angle"`` (the paper's: exchangeable
+            length-scales, free axis-angle). The identifiable chart samples at least
+            as fast everywhere it was measured and 17x faster where two length-scales
+            meet (docs/design.md section 3).
         num_chains, num_warmup, num_samples: NUTS settings.
         seed: random seed (fits are reproducible).
         progress: show the sampler's progress bar.
@@ -164,11 +174,13 @@ def fit(
         target_accept_prob: NUTS target acceptance.
         spacing: voxel size of an array volume (one number or one per axis).
         mask: (n0, n1, n2) boolean, True where a volume's voxel is observed.
-        taper: ``None`` or ``"hann"``: the data taper of the Whittle likelihood.
+        taper: ``None``, ``"hann"`` or ``"tukey"``: the data taper of the Whittle
+            likelihood (``"tukey"`` damps edge leakage at a smaller loss of variance).
         calibrate: for ``"whittle"``, apply the curvature adjustment
             (:mod:`aniso_gp.calibration`) so that intervals have frequentist
             coverage; the fit records whether it did.
-        num_bootstrap: simulated volumes behind the adjustment's score variance.
+        num_bootstrap: simulated volumes behind the adjustment's score variance (each
+            entry of it has a relative Monte Carlo error of about sqrt(2 / num_bootstrap)).
     """
     base = check.base_name(base)
     _choice(kernel, KERNELS, "kernel")
@@ -194,6 +206,9 @@ def fit(
                                  f"{num_bootstrap!r}")
             return _fit_volume(gv, kernel, base, parameterization, priors, nuts,
                                calibrate=calibrate, num_bootstrap=int(num_bootstrap))
+        if gv.taper is not None:
+            raise ValueError(f"`taper` applies to the whittle likelihood; likelihood="
+                             f"{likelihood!r} fits the volume's voxels as points")
         X, y = gv.points()
     else:
         given = [k for k, v in (("spacing", spacing), ("mask", mask), ("taper", taper))
@@ -964,6 +979,10 @@ def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) ->
         raise ValueError("`fits` is empty")
     if (X_test is None) != (y_test is None):
         raise ValueError("give both `X_test` and `y_test`, or neither")
+    if len({f.is_volume for f in fits.values()}) > 1:
+        raise ValueError("`fits` mixes whole-volume (whittle) and point fits: their LOO is "
+                         "over different data (groups of frequencies against points) and "
+                         "cannot be ranked")
     cmp = diagnostics.compare({k: f.idata for k, f in fits.items()})
     rows = {}
     for name, f in fits.items():

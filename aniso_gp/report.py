@@ -56,8 +56,10 @@ COMPARISON_CSV = "comparison.csv"
 SLICE_MAX_VOXELS = 40
 SLICE_PREDICT_DRAWS = 40
 # Whole-volume fits: each draw is two grid solves (hundreds of FFT products each at low
-# noise); the figure is qualitative, so a few draws and a loose tolerance.
-SLICE_GRID_DRAWS = 4
+# noise: 7 s per solve to 1e-2 at 40^3); the figure is qualitative, so two draws and a
+# loose tolerance.
+SLICE_GRID_DRAWS = 2
+SLICE_GRID_TOL = 1e-2
 FIGURE_DPI = 110
 
 
@@ -466,7 +468,10 @@ def _figure_blocks(fits, main, table, truth, volume, units, coarsened=False) -> 
         out.append(FigureBlock("slices", (
             f"Orthogonal mid-planes of the data volume and of the predictive mean and sd of "
             f"{main}" + (" (volume thinned to every k-th voxel for display)" if coarsened else "")
-            + "."),
+            + (f"; for a whole-volume fit the sd is a Monte Carlo estimate from "
+               f"{SLICE_GRID_DRAWS} conditional simulations, so its texture is noise "
+               "(`Fit.predict_grid` with more draws gives a smooth one)"
+               if f.is_volume else "") + "."),
             _png(plots.slices(_slice_volumes(f, volume), units=units))))
     return out
 
@@ -488,7 +493,7 @@ def _slice_volumes(f, volume: Volume) -> dict:
     """
     if f.is_volume:
         gv = f.gridded()
-        mean, sd, _ = f.predict_grid(num_draws=SLICE_GRID_DRAWS, tol=1e-3)
+        mean, sd, _ = f.predict_grid(num_draws=SLICE_GRID_DRAWS, tol=SLICE_GRID_TOL)
         frame = {"spacing": gv.spacing, "origin": gv.origin}
         full = {"data": Volume(density=gv.values, **frame),
                 "predictive mean": Volume(density=mean, **frame),

@@ -1,6 +1,6 @@
 r"""Rotations and anisotropic metrics in 3-D.
 
-Conventions (DESIGN.md section 2):
+Conventions (docs/design.md section 2):
 
 * ``R = exp(a)`` for an axis-angle vector ``a`` (3,), Rodrigues' formula
   :math:`R = I + \frac{\sin t}{t} K + \frac{1-\cos t}{t^2} K^2`, ``t = |a|``,

@@ -1,9 +1,10 @@
 """Smoke run of the benchmark scripts at toy sizes (the real runs are manual)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import fast_compile_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,7 +17,7 @@ def _quick(script: str, timeout: int, *extra: str) -> str:
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env={**os.environ, "JAX_ENABLE_X64": "1"},
+        env=fast_compile_env(JAX_ENABLE_X64="1"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "appended to" not in proc.stdout

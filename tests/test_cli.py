@@ -10,17 +10,16 @@ whose report checks use it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fast_compile_env
 
 from aniso_gp import cli, datasets
 
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 TINY = ["--subsample", "50", "--holdout", "0.2", "--chains", "2", "--warmup", "40",
         "--samples", "40", "--quiet"]
 
@@ -31,10 +30,9 @@ def _aniso_gp(*argv, timeout=900) -> subprocess.CompletedProcess:
     The child gets XLA's cheap-compile flags: at test sizes compiling the NUTS
     sampler dominates, and unoptimised code compiles ~40% faster (same results).
     """
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     return subprocess.run([sys.executable, "-m", "aniso_gp", *map(str, argv)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout,
+                          env=fast_compile_env())
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:

@@ -4,18 +4,18 @@ The two scripts run side by side (one process each, single-threaded XLA), with
 --no-append so that reports/benchmarks.md is left alone.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import fast_compile_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("hypergrad_solvers.py", "weight_decay_bilevel.py")
 
 
 def test_hypergrad_benchmarks_quick():
-    env = dict(os.environ)
-    env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    env = fast_compile_env()
     report = ROOT / "reports" / "benchmarks.md"
     before = report.read_text() if report.exists() else None
     procs = [

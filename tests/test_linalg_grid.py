@@ -54,21 +54,22 @@ def _brute_expected_periodogram(shape, K, g):
 
 @pytest.mark.parametrize("base", ["rbf", "matern32"])
 @pytest.mark.parametrize("case", ["complete", "masked", "masked+tapered", "hann"])
-def test_expected_periodogram_matches_double_sum_over_voxel_pairs(base, case):
+@pytest.mark.parametrize("shape", [SHAPE, (4, 5, 7)])  # even and odd last axis
+def test_expected_periodogram_matches_double_sum_over_voxel_pairs(base, case, shape):
     A = _transform()
-    mask, taper = _mask_and_taper(SHAPE)
+    mask, taper = _mask_and_taper(shape)
     if case == "complete":
-        g = grid.taper_weights(np.ones(SHAPE, bool))
+        g = grid.taper_weights(np.ones(shape, bool))
     elif case == "masked":
         g = grid.taper_weights(mask)
     elif case == "hann":
-        g = grid.taper_weights(np.ones(SHAPE, bool), "hann")
+        g = grid.taper_weights(np.ones(shape, bool), "hann")
     else:
         g = grid.taper_weights(mask, taper)
     assert abs(np.sum(g**2) - 1.0) < 1e-14
-    K = _dense_kernel(SHAPE, SPACING, A, base)
-    ref = _brute_expected_periodogram(SHAPE, K, g)
-    k_half = kernels.on_lags(grid.lag_axes(SHAPE, SPACING, half=True), jnp.asarray(A), 1.3, base)
+    K = _dense_kernel(shape, SPACING, A, base)
+    ref = _brute_expected_periodogram(shape, K, g)
+    k_half = kernels.on_lags(grid.lag_axes(shape, SPACING, half=True), jnp.asarray(A), 1.3, base)
     got = grid.expected_periodogram(k_half, grid.half_lag_weights(grid.autocorrelation(g)))
     assert got.shape == ref.shape
     assert np.max(np.abs(np.asarray(got) - ref)) < 1e-10 * np.max(ref)

@@ -10,11 +10,11 @@ directory through ``ANISO_GP_REPORTS``, so test runs leave nothing in reports/.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import fast_compile_env
 
 jupytext = pytest.importorskip("jupytext")
 nbclient = pytest.importorskip("nbclient")
@@ -22,9 +22,6 @@ kernelspec = pytest.importorskip("jupyter_client.kernelspec")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CELL_TIMEOUT_S = 600
-# At smoke sizes compiling the NUTS sampler dominates; unoptimised XLA code compiles
-# ~40% faster and gives the same draws up to round-off. Only the kernels see it.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,8 @@ def test_notebook_runs_in_smoke_mode(name, figures, kernel_name, tmp_path, monke
     monkeypatch.setenv("ANISO_GP_SMOKE", "1")
     monkeypatch.setenv("ANISO_GP_REPORTS", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("XLA_FLAGS", f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip())
+    # Only the notebook kernels see the cheap-compile flags.
+    monkeypatch.setenv("XLA_FLAGS", fast_compile_env()["XLA_FLAGS"])
     nb = jupytext.read(NOTEBOOKS / f"{name}.py")
     assert nb.metadata["kernelspec"]["name"] == "python3"
     client = nbclient.NotebookClient(

@@ -13,7 +13,7 @@ Two operators share one interface (``matvec``, ``solve``, ``logdet``,
   O(N m^2) time and O(N m) memory; nothing N x N is formed (except ``to_dense``).
 
 * :class:`EigenLowRankPlusShift` ``A = U diag(lam) U^T + s I`` with ``U``
-  orthonormal (``U^T U = I_m``), ``lam >= 0``, ``s > 0`` (DESIGN.md section 4)::
+  orthonormal (``U^T U = I_m``), ``lam >= 0``, ``s > 0`` (docs/design.md section 4)::
 
       A^{-1} v = U (lam + s)^{-1} U^T v + (v - U U^T v) / s
       log|A|   = sum(log(lam + s)) + (N - m) log s
