@@ -287,7 +287,7 @@ def summary_row(f, seconds, what):
 side = pd.DataFrame([summary_row(whole, t_whole, f"whole crop ({fibres.density.size} voxels, "
                                  "whittle)"),
                      summary_row(sub, t_sub, f"subsample ({N_SUB} voxels, exact)")])
-side
+side  # noqa: B018  (the notebook shows the table)
 
 # %%
 axis_gap = orientation.axis_errors(whole.axes_draws(),
