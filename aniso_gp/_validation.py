@@ -110,6 +110,14 @@ def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
     return f
 
 
+def fraction(v, name: str) -> float:
+    """A number in (0, 1]."""
+    f = positive_scalar(v, name)
+    if f > 1:
+        raise ValueError(f"`{name}` is a fraction, in (0, 1]; got {v!r}")
+    return f
+
+
 def triple(v, name: str, positive: bool) -> tuple[float, float, float]:
     """A number or 3 numbers (one per array axis) -> three finite floats (strictly
     positive if asked): voxel spacings and origins."""
@@ -126,6 +134,18 @@ def triple(v, name: str, positive: bool) -> tuple[float, float, float]:
         kind = "finite and strictly positive" if positive else "finite"
         raise ValueError(f"`{name}` must be {kind}; got {arr.tolist()}")
     return tuple(float(x) for x in arr)
+
+
+def shape3(shape, name: str = "shape") -> tuple[int, int, int]:
+    """Three positive integers (a volume's or a box's shape)."""
+    try:
+        s = tuple(int(n) for n in shape)
+        exact = all(int(n) == n for n in shape)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be 3 positive integers; got {shape!r}") from err
+    if len(s) != 3 or min(s) < 1 or not exact:
+        raise ValueError(f"`{name}` must be 3 positive integers; got {shape!r}")
+    return s
 
 
 def base_name(base: str) -> str:

@@ -48,6 +48,7 @@ canonical ``(l, a)``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import jax
@@ -128,36 +129,108 @@ def _jacobian_by_differences(f, x, h: float = 1e-4) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _site_loglik(spec, grid):
-    """``(z_flat, J_data, unravel) -> log p(J_data | theta(z))`` of the observed site only."""
-
-    def loglik(z, data, unravel):
-        params = constrain_fn(parameter_model, (), {"spec": spec}, unravel(z))
-        tr = handlers.trace(handlers.substitute(gp_model, params)).get_trace(
-            None, data, spec=spec, grid=grid)
-        return tr["y"]["fn"].log_prob(tr["y"]["value"])
-
-    return loglik
+def _site_loglik(z, grid, data, spec):
+    """``log p(data | theta(z))`` of the observed (Whittle) site only."""
+    params = constrain_fn(parameter_model, (), {"spec": spec}, flat_layout(spec)(z))
+    tr = handlers.trace(handlers.substitute(gp_model, params)).get_trace(
+        None, data, spec=spec, grid=grid)
+    return tr["y"]["fn"].log_prob(tr["y"]["value"])
 
 
-def unconstrained_draws(spec, samples: dict):
-    """Flat unconstrained draws (S, d) and the ``unravel`` of one row, from constrained
-    samples (S, ...) of the parameter sites."""
-    sites = {k: jnp.asarray(v) for k, v in samples.items() if k not in SITES_FIXED}
+@functools.lru_cache(maxsize=32)
+def flat_layout(spec):
+    """``unravel``: flat unconstrained coordinates (d,) -> the sites of ``spec``'s
+    parameters (sorted names, as NumPyro and ``ravel_pytree`` order them)."""
+    tr = handlers.trace(handlers.seed(parameter_model, 0)).get_trace(spec=spec)
+    params = {k: v["value"] for k, v in tr.items()
+              if v["type"] == "sample" and not v["is_observed"]}
+    return ravel_pytree(unconstrain_fn(parameter_model, (), {"spec": spec}, params))[1]
+
+
+# Compiled once per spec; the grid and the data are arguments, so every volume (every
+# tile of a map) of one shape reuses them.
+score = jax.jit(jax.grad(_site_loglik), static_argnames="spec")
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def prior_hessian(z, spec):
+    """Hessian (d, d) of the prior's potential (with the Jacobian of the transforms)."""
+    return jax.hessian(lambda v: potential_energy(
+        parameter_model, (), {"spec": spec}, flat_layout(spec)(v)))(z)
+
+
+@functools.partial(jax.jit, static_argnames=("torus", "shape", "num"))
+def _simulated_dfts(lam, noise, mean, g, key, *, torus, shape, num):
+    vols = gridded.simulate((torus, lam, None), shape, noise, mean, key, num)
+    J = tapered_dft(vols, g)
+    return jnp.stack([J.real, J.imag], axis=1)
+
+
+def curvatures(spec, grid, data, g, z_hat, *, num_bootstrap: int = 200, seed: int = 0,
+               batch: int = 8, warn: bool = True, max_factor: float = 8.0):
+    """``(H, J, P, embedding_ratio)`` at ``z_hat`` (d,) in ``spec``'s flat coordinates.
+
+    ``H = -grad^2 ell`` by central differences of the compiled score (made positive
+    definite where ``z_hat`` is not a mode of ``ell``), ``J`` the covariance of the
+    score over ``num_bootstrap`` volumes simulated at ``z_hat`` (the same grid, mask
+    and taper), ``P`` the prior's Hessian. ``max_factor`` caps the simulation torus
+    per axis (:func:`~aniso_gp.gridded.psd_torus`).
+    """
+    z_hat = np.asarray(z_hat, dtype=np.float64)
+    H = -_jacobian_by_differences(
+        lambda v: np.asarray(score(jnp.asarray(v), grid, data, spec=spec)), z_hat)
+    H = 0.5 * (H + H.T)
+    lam, V = np.linalg.eigh(H)
+    if lam.min() <= 1e-10 * lam.max():  # not at a mode of ell: keep the curvature positive
+        H = (V * np.clip(np.abs(lam), 1e-10 * lam.max(), None)) @ V.T
+    P = np.asarray(prior_hessian(jnp.asarray(z_hat), spec=spec))
+    P = 0.5 * (P + P.T)
+    at = {k: v[0] for k, v in constrained_draws(spec, z_hat[None]).items()}
+    lag_spacing = [float(t[1]) for t in grid.lags]
+    torus, eig, ratio = gridded.psd_torus(grid.shape, lag_spacing, jnp.asarray(at["A"]),
+                                          float(at["signal"]) ** 2, spec.base,
+                                          max_factor=max_factor)
+    if warn and ratio < -1e-6:
+        warnings.warn(
+            f"the parametric bootstrap of the curvature adjustment is approximate: no circulant "
+            f"embedding up to {torus} voxels is positive definite at the posterior mean "
+            f"(smallest eigenvalue {ratio:.1e} of the largest), because a length-scale "
+            "is long against the grid; the adjusted intervals of that length-scale are "
+            "unreliable", UserWarning, stacklevel=3)
+    # A batch of volumes at a time, so memory stays at `batch` volumes.
+    keys = jax.random.split(jax.random.PRNGKey(seed), -(-int(num_bootstrap) // batch))
+    g = jnp.asarray(g)
+    scores = np.stack([
+        np.asarray(score(jnp.asarray(z_hat), grid, d, spec=spec))
+        for k in keys
+        for d in _simulated_dfts(eig, at["noise"], at["mean"], g, k, torus=tuple(torus),
+                                 shape=tuple(grid.shape), num=batch)])[:num_bootstrap]
+    return H, np.cov(scores.T), P, float(ratio)
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def _unconstrain(sites, spec):
     z = jax.vmap(lambda p: unconstrain_fn(parameter_model, (), {"spec": spec}, p))(sites)
-    first = jax.tree_util.tree_map(lambda v: v[0], z)
-    _, unravel = ravel_pytree(first)
-    flat = jax.vmap(lambda p: ravel_pytree(p)[0])(z)
-    return np.asarray(flat), unravel
+    return jax.vmap(lambda p: ravel_pytree(p)[0])(z)
 
 
-def constrained_draws(spec, z_flat, unravel) -> dict:
+def unconstrained_draws(spec, samples: dict) -> np.ndarray:
+    """Flat unconstrained draws (S, d) (:func:`flat_layout`) from constrained samples
+    (S, ...) of the parameter sites."""
+    sites = {k: jnp.asarray(v) for k, v in samples.items() if k not in SITES_FIXED}
+    return np.asarray(_unconstrain(sites, spec=spec))
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def _constrain(z_flat, spec):
+    return jax.vmap(lambda z: constrain_fn(parameter_model, (), {"spec": spec},
+                                           flat_layout(spec)(z),
+                                           return_deterministic=True))(z_flat)
+
+
+def constrained_draws(spec, z_flat) -> dict:
     """Inverse of :func:`unconstrained_draws`: constrained sites and ``A`` per draw."""
-    def one(z):
-        return constrain_fn(parameter_model, (), {"spec": spec}, unravel(z),
-                            return_deterministic=True)
-
-    return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(jnp.asarray(z_flat)).items()}
+    return {k: np.asarray(v) for k, v in _constrain(jnp.asarray(z_flat), spec=spec).items()}
 
 
 def _log_metric_draws(samples: dict) -> dict:
@@ -201,46 +274,12 @@ def whittle_adjustment(spec, grid, data, g, samples: dict, *, num_bootstrap: int
         adj, adjusted = whittle_adjustment(chart, grid, data, g, _log_metric_draws(samples),
                                            num_bootstrap=num_bootstrap, seed=seed, batch=batch)
         return adj, _axis_angle_draws(adjusted)
-    z, unravel = unconstrained_draws(spec, samples)
+    z = unconstrained_draws(spec, samples)
     z_hat = z.mean(axis=0)
-    score = jax.jit(jax.grad(_site_loglik(spec, grid)), static_argnums=2)
-    H = -_jacobian_by_differences(lambda v: np.asarray(score(jnp.asarray(v), data, unravel)),
-                                  z_hat)
-    H = 0.5 * (H + H.T)
-    lam, V = np.linalg.eigh(H)
-    if lam.min() <= 1e-10 * lam.max():  # not at a mode of ell: keep the curvature positive
-        H = (V * np.clip(np.abs(lam), 1e-10 * lam.max(), None)) @ V.T
-    P = np.asarray(jax.jit(jax.hessian(lambda v: potential_energy(
-        parameter_model, (), {"spec": spec}, unravel(v))))(jnp.asarray(z_hat)))
-
-    at = {k: v[0] for k, v in constrained_draws(spec, z_hat[None], unravel).items()}
-    lag_spacing = [float(t[1]) for t in grid.lags]
-    embedding = gridded.psd_torus(grid.shape, lag_spacing, jnp.asarray(at["A"]),
-                                  float(at["signal"]) ** 2, spec.base)
-    if embedding[2] < -1e-6:
-        warnings.warn(
-            f"the parametric bootstrap of the curvature adjustment is approximate: no circulant "
-            f"embedding up to {embedding[0]} voxels is positive definite at the posterior mean "
-            f"(smallest eigenvalue {embedding[2]:.1e} of the largest), because a length-scale "
-            "is long against the grid; the adjusted intervals of that length-scale are "
-            "unreliable", UserWarning, stacklevel=3)
-    g = jnp.asarray(g)
-
-    @jax.jit
-    def simulated_dfts(key):
-        vols = gridded.simulate(embedding, grid.shape, at["noise"], at["mean"], key, batch)
-        J = tapered_dft(vols, g)
-        return jnp.stack([J.real, J.imag], axis=1)
-
-    # A batch of volumes at a time, so memory stays at `batch` volumes; the score is
-    # the function already compiled for H.
-    keys = jax.random.split(jax.random.PRNGKey(seed), -(-int(num_bootstrap) // batch))
-    scores = np.stack([np.asarray(score(jnp.asarray(z_hat), d, unravel))
-                       for k in keys for d in simulated_dfts(k)])[:num_bootstrap]
-    Jmat = np.cov(scores.T)
-    P = 0.5 * (P + P.T)
+    H, Jmat, P, ratio = curvatures(spec, grid, data, g, z_hat, num_bootstrap=num_bootstrap,
+                                   seed=seed, batch=batch)
     B = adjustment_map(H, Jmat, P)
-    adjusted = constrained_draws(spec, z_hat + (z - z_hat) @ B.T, unravel)
+    adjusted = constrained_draws(spec, z_hat + (z - z_hat) @ B.T)
     adj = Adjustment(z_hat=z_hat, B=B, H=H, J=Jmat, P=P, num_bootstrap=int(num_bootstrap),
-                     embedding_ratio=float(embedding[2]))
+                     embedding_ratio=ratio)
     return adj, adjusted

@@ -1,4 +1,4 @@
-"""The ``aniso-gp`` command: ``demo``, ``fit``, ``compare`` and ``report``.
+"""The ``aniso-gp`` command: ``demo``, ``fit``, ``compare``, ``report`` and ``map``.
 
 Each analysis writes a *run directory* (layout in :mod:`aniso_gp.report`):
 saved fits under ``fits/<kernel>``, ``points.csv`` (the points used, with their
@@ -150,6 +150,61 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by "
                      f"'{PROG} fit', 'compare' or 'demo'")
     rep.set_defaults(handler=_cmd_report)
+
+    mp = sub.add_parser(
+        "map", help="map orientation over a large volume, tile by tile, on Dask",
+        description="Cut VOLUME into tiles, fit each with the whole-volume likelihood as a "
+        "task on a Dask cluster (a local one by default), and write the map as a Zarr store "
+        "(lengthscales, axes, credible cones, structure-tensor agreement per tile) plus "
+        "map.csv. Run the same command again to resume an interrupted map.",
+    )
+    mp.add_argument("data", type=Path, metavar="VOLUME",
+                    help="a volume read lazily: .npy, .tif/.tiff, .zarr (or OME-Zarr), .h5, "
+                    "a folder of 2-D slices, or raw binary with --shape and --dtype")
+    g = mp.add_argument_group("volume")
+    g.add_argument("--spacing", type=float, nargs="+", metavar="S",
+                   help="voxel size: one number or one per array axis (default: 1 voxel)")
+    g.add_argument("--units", default=None, help="length unit of --spacing, for labels")
+    g.add_argument("--shape", type=int, nargs=3, metavar=("N0", "N1", "N2"),
+                   help="array shape of a raw volume")
+    g.add_argument("--dtype", help="element type of a raw volume, e.g. '<u2'")
+    g.add_argument("--offset", type=int, default=0, help="header bytes of a raw volume")
+    g.add_argument("--dataset", default=None, help="the array inside an HDF5 file or Zarr group")
+    g.add_argument("--crop", metavar="I0:I1,J0:J1,K0:K1", help="map this box only")
+    g.add_argument("--mask", type=Path, metavar="MASK",
+                   help="a volume of the same shape; nonzero voxels are observed")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="voxels below this value (air, pores) are masked")
+    g = mp.add_argument_group("tiles")
+    g.add_argument("--tile", type=int, default=32, help="tile side in voxels (default: "
+                   "%(default)s)")
+    g.add_argument("--stride", type=int, default=None,
+                   help="distance between tiles in voxels (default: --tile, no overlap)")
+    g.add_argument("--method", choices=("laplace", "nuts"), default="laplace",
+                   help="laplace: MAP + calibrated Gaussian; nuts: short chains per tile "
+                   "(default: %(default)s)")
+    g.add_argument("--base", choices=BASE_CHOICES, default="rbf",
+                   help="stationary base correlation (default: %(default)s)")
+    g.add_argument("--taper", choices=("none", "hann", "tukey"), default="none",
+                   help="data taper of each tile (default: %(default)s)")
+    g.add_argument("--min-observed", type=float, default=0.5,
+                   help="tiles with a smaller observed fraction are skipped as failed "
+                   "(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    g = mp.add_argument_group("cluster")
+    g.add_argument("--workers", type=int, default=None,
+                   help="local Dask workers, one process and one thread each (default: the "
+                   "number of cores, at most 8)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="use a running dask.distributed scheduler, e.g. tcp://host:8786")
+    g = mp.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=None,
+                   help="the map's Zarr store (default: maps/<volume>.zarr); an existing map "
+                   "with the same settings is resumed")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing map made with other settings")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    mp.set_defaults(handler=_cmd_map)
     return parser
 
 
@@ -271,6 +326,50 @@ def _cmd_report(args) -> None:
     t0 = time.perf_counter()
     html, md = rebuild_report(args.run_dir)
     print(f"report rebuilt in {time.perf_counter() - t0:.1f} s: {html} (and {md.name})")
+
+
+def _cmd_map(args) -> None:
+    from aniso_gp import chunked
+    from aniso_gp.map_report import write_map_report
+    from aniso_gp.orientation_map import orientation_map, tile_table
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1; got {args.workers}")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers sets up a local cluster; with --scheduler the cluster "
+                         "has its own workers")
+    mask = None
+    if args.mask is not None:
+        mask = chunked.open_volume(args.mask, shape=args.shape, dtype=args.dtype,
+                                   offset=args.offset, dataset=args.dataset).reader
+    vol = chunked.open_volume(args.data, _spacing(args.spacing), shape=args.shape,
+                              dtype=args.dtype, offset=args.offset, dataset=args.dataset,
+                              mask=mask, threshold=args.threshold, units=args.units or "")
+    if args.crop:
+        box = parse_crop(args.crop, vol.shape)
+        vol = vol.crop([sl.indices(n)[:2] for sl, n in zip(box, vol.shape, strict=True)])
+    out = args.out or Path("maps") / f"{args.data.stem}.zarr"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        ds = orientation_map(vol, tile=args.tile, stride=args.stride, method=args.method,
+                             base=args.base, taper=None if args.taper == "none" else args.taper,
+                             min_observed=args.min_observed, store=out, overwrite=args.force,
+                             scheduler=args.scheduler, n_workers=args.workers, seed=args.seed,
+                             progress=not args.quiet)
+    except KeyboardInterrupt as err:
+        err.add_note(f"(finished tiles are kept in {out}; run the same command to resume)")
+        raise
+    table = tile_table(ds)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    html = write_map_report(ds, out.with_name(f"{out.stem}_report"),
+                            title=f"Orientation map of {args.data.name}", volume=vol)
+    ok = int((ds["status"].values == 1).sum())
+    print(f"map: {ok} of {ds['status'].size} tiles fitted ({ds.attrs['tiles_fitted']} in this "
+          f"run), written to {out}, {out.with_suffix('.csv')} and {html}")
+    if ok:
+        fitted = table[table["status"] == "ok"]
+        print(f"short axis vs structure tensor: median {fitted['st_angle_deg'].median():.1f} "
+              f"deg; median 95% cone of the short axis {fitted['cone3_deg'].median():.1f} deg")
 
 
 def _cmd_demo(args) -> None:

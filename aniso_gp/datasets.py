@@ -436,6 +436,31 @@ NEEDLE_VOXEL_NM = 6.72
 NEEDLE_ORIGIN_NM = (90.5 * 3.36, 114.5 * 3.36, 114.5 * 3.36)
 
 
+def patchwork(blocks=(2, 2, 1), block=24, lengthscales=(6.0, 4.0, 1.5), noise_sd: float = 0.1,
+              seed: int = 0) -> tuple[Volume, np.ndarray]:
+    """A patchwork of nano-bricks: ``blocks`` blocks of ``block`` voxels a side, each an
+    independent stationary field (:func:`nano_brick`) with its own random orientation.
+
+    The test bed of orientation maps: every tile inside a block should find that
+    block's axes. Returns the volume (no single ``truth``) and ``axes`` (b0, b1, b2,
+    3, 3): each block's principal axes as columns, longest first (column 2 is the
+    short axis).
+    """
+    nb = tuple(int(b) for b in blocks)
+    rng = np.random.default_rng(seed)
+    density = np.empty(tuple(b * block for b in nb))
+    axes = np.empty((*nb, 3, 3))
+    for idx in np.ndindex(*nb):
+        a = rng.normal(size=3)
+        a *= rng.uniform(0.5, np.pi - 0.2) / np.linalg.norm(a)  # a well-turned rotation
+        vol = nano_brick(shape=(block,) * 3, lengthscales=lengthscales, axis_angle=a,
+                         noise_sd=noise_sd, seed=int(rng.integers(2**31)))
+        box = tuple(slice(i * block, (i + 1) * block) for i in idx)
+        density[box] = vol.density
+        axes[idx] = vol.truth.axes
+    return Volume(density=density, spacing=1.0, units="voxel"), axes
+
+
 def data_path(name: str):
     """Path (an ``importlib.resources`` Traversable) of a shipped file in ``aniso_gp/data/``."""
     res = importlib.resources.files("aniso_gp").joinpath("data", name)

@@ -24,6 +24,12 @@ DIVERGENCE_MAX = 0.01
 BFMI_MIN = 0.3
 
 
+def max_rhat(chains) -> float:
+    """Largest rank-normalised split R-hat over the last axis of ``chains`` (C, D, d)."""
+    x = np.asarray(chains, dtype=np.float64)
+    return max(float(az.rhat(x[..., i])) for i in range(x.shape[-1]))
+
+
 def inference_data(posterior, sample_stats, log_likelihood, observed, constant, coords, dims,
                    attrs=None):
     """Build an ``az.InferenceData`` from dicts of (chain, draw, ...) arrays."""

@@ -38,7 +38,7 @@ import pandas as pd
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 from numpyro.infer import MCMC, NUTS, init_to_median
-from numpyro.infer.util import log_density, potential_energy, unconstrain_fn
+from numpyro.infer.util import log_density, potential_energy
 
 from aniso_gp import _validation as check
 from aniso_gp import calibration, diagnostics, gridded, kernels, orientation, so3
@@ -56,7 +56,7 @@ from aniso_gp.models import (
     Priors,
     gp_model,
     lowrank_parts,
-    parameter_model,
+    unconstrained_start,
     vech,
     whittle_site,
 )
@@ -338,7 +338,7 @@ def _fit_volume(gv, kernel, base, parameterization, priors, nuts, *, calibrate: 
     grid, data, g = gridded.fourier_data(gv, std.x_scale, std.y_mean, std.y_sd)
     model_args, model_kwargs = (None, data), {"spec": spec, "grid": grid}
     ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
-    start = _kernel_start(spec, *gridded.moment_start(
+    start = unconstrained_start(spec, *gridded.moment_start(
         ys, g, np.asarray(gv.spacing) / std.x_scale))
     z, inverse_mass = _warmup_start(model_args, model_kwargs, start, newton_steps=_NEWTON_STEPS)
     keys = jax.random.split(jax.random.PRNGKey(nuts["seed"] + 1), len(z))
@@ -368,25 +368,6 @@ def _fit_volume(gv, kernel, base, parameterization, priors, nuts, *, calibrate: 
     settings["total_time_s"] = time.perf_counter() - t_start
     idata = _build_grid_idata(samples, raw, extra, gv, std, spec, grid, data, settings)
     return Fit(idata, settings)
-
-
-def _kernel_start(spec: ModelSpec, mean, signal, noise, M) -> dict:
-    """Unconstrained sampler coordinates of ``(mean, signal, noise, metric M)`` for the
-    spec's kernel and parameterisation (standardised units)."""
-    lam, V = np.linalg.eigh(M)
-    if spec.kernel == "rotated" and spec.parameterization == "identifiable":
-        sites = {"log_metric": np.asarray(vech(jnp.asarray((V * np.log(lam)) @ V.T)))}
-    elif spec.kernel == "rotated":
-        V = V * np.sign(np.linalg.det(V))
-        sites = {"log_l": -0.5 * np.log(lam), "axis_angle": np.asarray(so3.log(jnp.asarray(V)))}
-    elif spec.kernel == "ard":
-        sites = {"log_l": -0.5 * np.log(np.diag(M))}
-    else:
-        l = 1.0 / np.sqrt(np.diag(M))
-        sites = {"log_l": np.log(l), "corr_chol": np.linalg.cholesky(l[:, None] * M * l)}
-    params = {"mean": mean, "signal": signal, "noise": noise, **sites}
-    params = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in params.items()}
-    return jax.device_get(unconstrain_fn(parameter_model, (), {"spec": spec}, params))
 
 
 def _choice(value, options, name):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aniso_gp import _validation as check
 from aniso_gp.datasets import Volume
 
 SUBSAMPLE_METHODS = ("random", "stratified")
@@ -43,16 +44,6 @@ def _existing_file(path) -> Path:
     if not p.is_file():
         raise ValueError(f"{str(p)!r} is not a regular file")
     return p
-
-
-def _shape3(shape) -> tuple[int, int, int]:
-    try:
-        s = tuple(int(n) for n in shape)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"`shape` must be 3 positive integers; got {shape!r}") from err
-    if len(s) != 3 or min(s) < 1 or any(int(n) != n for n in shape):
-        raise ValueError(f"`shape` must be 3 positive integers; got {shape!r}")
-    return s
 
 
 def _read_npy(p: Path) -> np.ndarray:
@@ -85,7 +76,7 @@ def _read_raw(p: Path, shape, dtype) -> np.ndarray:
         dt = np.dtype(dtype)
     except TypeError as err:
         raise ValueError(f"`dtype` {dtype!r} is not a NumPy dtype") from err
-    s = _shape3(shape)
+    s = check.shape3(shape)
     expected = int(np.prod(s)) * dt.itemsize
     size = p.stat().st_size
     if size != expected:
@@ -124,7 +115,7 @@ def read_volume(path, spacing=None, shape=None, dtype=None) -> Volume:
         arr = _read_tiff(p)
     else:
         arr = _read_raw(p, shape, dtype)
-    if shape is not None and tuple(arr.shape) != _shape3(shape):
+    if shape is not None and tuple(arr.shape) != check.shape3(shape):
         raise ValueError(f"{str(p)!r} holds an array of shape {arr.shape}, not `shape`={shape!r}")
     if arr.ndim != 3:
         raise ValueError(

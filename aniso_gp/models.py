@@ -51,12 +51,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.linalg import expm
 from numpyro.distributions import constraints
+from numpyro.infer.util import unconstrain_fn
 
-from aniso_gp import kernels
+from aniso_gp import kernels, so3
 from aniso_gp.likelihoods import (
     dtc_diagonal,
     exact_loglik,
@@ -372,3 +374,22 @@ def lowrank_parts(Z, Zm, signal, noise, base, fitc: bool, Z_new=None):
     if Z_new is None:
         return U, d
     return U, d, cross_factor(kfn, Z_new, Zm, L)
+
+
+def unconstrained_start(spec: ModelSpec, mean, signal, noise, M) -> dict:
+    """Unconstrained sampler coordinates of ``(mean, signal, noise, metric M)`` for the
+    spec's kernel and parameterisation (standardised units)."""
+    lam, V = np.linalg.eigh(M)
+    if spec.kernel == "rotated" and spec.parameterization == "identifiable":
+        sites = {"log_metric": np.asarray(vech(jnp.asarray((V * np.log(lam)) @ V.T)))}
+    elif spec.kernel == "rotated":
+        V = V * np.sign(np.linalg.det(V))
+        sites = {"log_l": -0.5 * np.log(lam), "axis_angle": np.asarray(so3.log(jnp.asarray(V)))}
+    elif spec.kernel == "ard":
+        sites = {"log_l": -0.5 * np.log(np.diag(M))}
+    else:
+        l = 1.0 / np.sqrt(np.diag(M))
+        sites = {"log_l": np.log(l), "corr_chol": np.linalg.cholesky(l[:, None] * M * l)}
+    params = {"mean": mean, "signal": signal, "noise": noise, **sites}
+    params = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in params.items()}
+    return jax.device_get(unconstrain_fn(parameter_model, (), {"spec": spec}, params))

@@ -481,3 +481,114 @@ def trace_rank(draws: Mapping, bins: int = 20) -> Figure:
     axs[0, 0].set_title("trace", fontsize=9)
     axs[0, 1].set_title("rank", fontsize=9)
     return fig
+
+
+# --------------------------------------------------------------------------- #
+# Orientation maps (an xarray Dataset from aniso_gp.orientation_map)
+# --------------------------------------------------------------------------- #
+def _fitted(ds):
+    ok = np.asarray(ds["status"].values) == 1
+    if not ok.any():
+        raise ValueError("the map has no fitted tile to draw")
+    return ok
+
+
+def map_slice(ds, axis: int = 0, index: int | None = None, rank: int = 2, image=None,
+              image_extent=None, units: str = "", max_cone: float = 45.0) -> Figure:
+    """One lattice slice of an orientation map, a stick glyph per tile.
+
+    The slice holds the tiles with lattice index ``index`` (default: the middle)
+    along array ``axis``. Each stick is the tile's ``rank`` axis (2: the short axis)
+    projected onto the slice plane, centred on the tile, as long as the tile
+    spacing times the projected length (a stick seen end-on is a dot); its colour
+    is the axis's 95% credible cone (degrees, clipped at ``max_cone``). Failed
+    tiles are grey crosses. ``image``, an optional 2-D section of the volume through
+    the slice (rows along the lower in-plane axis), is drawn underneath over
+    ``image_extent = (x0, x1, y0, y1)`` (physical; default: the tiles' span).
+    """
+    import matplotlib
+    from matplotlib import cm, colors
+
+    ok = _fitted(ds)
+    if axis not in (0, 1, 2) or rank not in (0, 1, 2):
+        raise ValueError(f"`axis` and `rank` must be 0, 1 or 2; got {axis!r}, {rank!r}")
+    n = ds["status"].shape[axis]
+    index = n // 2 if index is None else int(index)
+    if not 0 <= index < n:
+        raise ValueError(f"`index` must be in [0, {n}); got {index}")
+    a, b = (d for d in range(3) if d != axis)  # in-plane axes: plotted as (x, y) = (b, a)
+    take = [slice(None)] * 3
+    take[axis] = index
+    take = tuple(take)
+    ca, cb = np.asarray(ds[f"c{a}"].values), np.asarray(ds[f"c{b}"].values)
+    step = min(np.diff(ca).min() if ca.size > 1 else np.inf,
+               np.diff(cb).min() if cb.size > 1 else np.inf)
+    step = 1.0 if not np.isfinite(step) else float(step)
+    vec = np.asarray(ds["axis"].values)[take][..., rank, :]  # (na, nb, 3)
+    cone = np.asarray(ds["cone"].values)[take][..., rank]
+    good = ok[take]
+    norm = colors.Normalize(0.0, max_cone)
+    cmap = matplotlib.colormaps["plasma_r"]
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.add_subplot()
+    if image is not None:
+        img = np.asarray(image, dtype=float)
+        half = step / 2.0
+        extent = image_extent or (cb.min() - half, cb.max() + half, ca.min() - half,
+                                  ca.max() + half)
+        ax.imshow(img, cmap="gray", origin="lower", alpha=0.6, extent=extent)
+    for i, j in np.ndindex(*good.shape):
+        x, y = cb[j], ca[i]
+        if not good[i, j]:
+            ax.plot(x, y, marker="x", color="0.6", ms=6)
+            continue
+        u = vec[i, j]
+        dx, dy = 0.45 * step * u[b], 0.45 * step * u[a]
+        ax.plot([x - dx, x + dx], [y - dy, y + dy], color=cmap(norm(min(cone[i, j], max_cone))),
+                lw=3.0, solid_capstyle="round")
+    sm = cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label=f"95% cone of the {AXIS_LABELS[rank]} axis (deg)")
+    unit = f" ({units})" if units else ""
+    ax.set_xlabel(f"coordinate {b}{unit}")
+    ax.set_ylabel(f"coordinate {a}{unit}")
+    ax.set_aspect("equal")
+    ax.set_title(f"{AXIS_LABELS[rank].capitalize()} axis per tile, slice {index} of {n} along "
+                 f"axis {axis} (c{axis} = {float(ds[f'c{axis}'].values[index]):.4g} {units})"
+                 .replace(" )", ")"), fontsize=10)
+    return fig
+
+
+def map_stereonet(ds, rank: int = 2, title: str | None = None) -> Figure:
+    """The tiles' ``rank`` axes (2: short) on a lower-hemisphere equal-area net,
+    coloured by their 95% cone. Coordinates (x, y, z) are array axes (0, 1, 2)."""
+    from matplotlib import colors
+
+    ok = _fitted(ds)
+    v = np.asarray(ds["axis"].values)[ok][:, rank, :]
+    cone = np.asarray(ds["cone"].values)[ok][:, rank]
+    fig = Figure(figsize=(6.0, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    _draw_net(ax)
+    xy = equal_area(v)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=cone, cmap="plasma_r", s=18, edgecolor="black",
+                    lw=0.3, norm=colors.Normalize(0.0, max(45.0, float(np.nanmax(cone)))))
+    fig.colorbar(sc, ax=ax, label="95% cone (deg)", shrink=0.8)
+    ax.set_title(title or f"{AXIS_LABELS[rank].capitalize()} axes of {int(ok.sum())} tiles",
+                 fontsize=10)
+    return fig
+
+
+def map_cone_histogram(ds) -> Figure:
+    """Histograms of the tiles' 95% cone half-angles, one per principal axis."""
+    ok = _fitted(ds)
+    cones = np.asarray(ds["cone"].values)[ok]  # (T, 3)
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    bins = np.linspace(0.0, 90.0, 31)
+    for r in range(3):
+        ax.hist(cones[:, r], bins=bins, histtype="step", lw=1.6, color=AXIS_COLOURS[r],
+                label=f"{AXIS_LABELS[r]} axis (median {np.median(cones[:, r]):.1f} deg)")
+    ax.set_xlabel("95% credible cone half-angle (deg)")
+    ax.set_ylabel("tiles")
+    ax.legend(fontsize=8)
+    return fig

@@ -104,7 +104,7 @@ def potential_of(values, spacing=1.0, kernel="rotated", base="rbf",
     spec = inference._spec(kernel, base, parameterization, "whittle", models.Priors(), std)
     grid, data, g = gridded.fourier_data(gv, std.x_scale, std.y_mean, std.y_sd)
     ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
-    start = inference._kernel_start(spec, *gridded.moment_start(
+    start = models.unconstrained_start(spec, *gridded.moment_start(
         ys, g, np.asarray(gv.spacing) / std.x_scale))
     flat, unravel = ravel_pytree(start)
 
@@ -466,7 +466,7 @@ def _map_z(vol, likelihood, taper=None):
     spec = inference._spec("rotated", "rbf", "identifiable", likelihood, models.Priors(), std)
     gdata, data, g = gridded.fourier_data(gv, std.x_scale, std.y_mean, std.y_sd)
     ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
-    start = inference._kernel_start(spec, *gridded.moment_start(
+    start = models.unconstrained_start(spec, *gridded.moment_start(
         ys, g, np.asarray(gv.spacing) / std.x_scale))
     flat, unravel = ravel_pytree(start)
     if likelihood == "whittle":
@@ -533,7 +533,7 @@ def bench_sandwich(n, replicates, lengthscales):
         vol = datasets.nano_brick(shape=(n, n, n), lengthscales=lengthscales, seed=1000 + r)
         z, unravel, std, (spec, gdata, data, g) = _map_z(vol, "whittle")
         a, _ = calibration.whittle_adjustment(
-            spec, gdata, data, g, calibration.constrained_draws(spec, np.stack([z, z]), unravel))
+            spec, gdata, data, g, calibration.constrained_draws(spec, np.stack([z, z])))
         block = _flat_slice(unravel, z, "log_metric")
         lam, V = np.linalg.eigh(np.asarray(vol.truth.metric) * std.x_scale**2)
         truth = np.asarray(models.vech(jnp.asarray((V * np.log(lam)) @ V.T)))
@@ -605,8 +605,11 @@ def main(argv=None) -> int:
         ("2", "### 2. The peer package on the same likelihood",
          lambda: bench_peer([8] if q else [16, 32, 64], 3 if q else 5)),
         ("3", "### 3. End to end on nano-brick volumes",
-         lambda: bench_end_to_end([12] if q else [32, 64], 2, 30 if q else 500,
-                                  30 if q else 500, args.parameterization)),
+         # Quick: the fit of `aniso-gp demo --quick`'s rotated kernel (12^3 nano-brick,
+         # 2 x (40 + 40), seed 0), so that the test suite compiles it once (JAX's
+         # persistent compilation cache, tests/conftest.py).
+         lambda: bench_end_to_end([12] if q else [32, 64], 2, 40 if q else 500,
+                                  40 if q else 500, args.parameterization)),
         ("4", "### 4. Against the exact posterior on complete grids",
          lambda: bench_exact(6 if q else 12, [0] if q else [0, 1], 2, 30 if q else 300,
                              30 if q else 300, (3.0, 2.0, 1.0), None)),

@@ -10,6 +10,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 os.environ.setdefault("ANISO_GP_SMOKE", "1")
+# JAX's persistent compilation cache, shared by the session and its child processes
+# (the CLI, the demo, notebook kernels, benchmark smoke runs): they compile many of the
+# same programs, down to the small op-by-op ones of eager code. Kept between runs in
+# .pytest_cache/ (git-ignored; `make clean` removes it); entries are keyed by the program,
+# the XLA flags and the JAX version, so a stale entry is never used. Every compiled
+# program is stored (by default only those that took over a second to compile).
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                 ".pytest_cache", "jax-compilation-cache"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aniso_gp import calibration, datasets, gridded, inference, kernels, orientation, so3
+from aniso_gp import calibration, datasets, gridded, inference, kernels, models, orientation, so3
 from aniso_gp.grid_prediction import _solver, predict_draw
 from aniso_gp.linalg import grid
 
@@ -183,12 +183,10 @@ def test_bootstrap_score_variance_matches_dense_simulation():
     gdata, _, g = gridded.fourier_data(gv, std.x_scale, std.y_mean, std.y_sd)
     M = np.asarray(kernels.metric_of({"lengthscales": jnp.array([1.2, 0.8, 0.5]),
                                       "axis_angle": jnp.array([0.3, 0.5, -0.4])}))
-    z0 = inference._kernel_start(spec, 0.3, 0.9, 0.3, M)
+    z0 = models.unconstrained_start(spec, 0.3, 0.9, 0.3, M)
     from jax.flatten_util import ravel_pytree
-    z, unravel = ravel_pytree(z0)
-    at = {k: v[0] for k, v in calibration.constrained_draws(spec, np.asarray(z)[None],
-                                                            unravel).items()}
-    score = jax.jit(jax.grad(calibration._site_loglik(spec, gdata)), static_argnums=2)
+    z = ravel_pytree(z0)[0]
+    at = {k: v[0] for k, v in calibration.constrained_draws(spec, np.asarray(z)[None]).items()}
     lag = np.asarray(spacing) / std.x_scale
     Zg = jnp.asarray(np.indices(shape).reshape(3, -1).T * lag) @ jnp.asarray(at["A"])
     K = np.asarray(kernels.gram_transformed(Zg, Zg, at["signal"] ** 2, "matern52"))
@@ -198,7 +196,7 @@ def test_bootstrap_score_variance_matches_dense_simulation():
 
     def s_of(x):
         J = grid.tapered_dft(x, gj)
-        return np.asarray(score(z, jnp.stack([J.real, J.imag]), unravel))
+        return np.asarray(calibration.score(z, gdata, jnp.stack([J.real, J.imag]), spec=spec))
 
     B = 1500
     dense = np.stack([s_of(at["mean"] + (L @ rng.standard_normal(len(K))).reshape(shape)
@@ -225,14 +223,12 @@ def _map_metric(vol, likelihood, taper=None):
     from jax.flatten_util import ravel_pytree
     from numpyro.infer.util import potential_energy
 
-    from aniso_gp import models
-
     gv = gridded.as_gridded(vol, taper=taper)
     std = inference.Standardizer.from_grid(gv)
     spec = inference._spec("rotated", "rbf", "identifiable", likelihood, models.Priors(), std)
     gdata, data, g = gridded.fourier_data(gv, std.x_scale, std.y_mean, std.y_sd)
     ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
-    start = inference._kernel_start(spec, *gridded.moment_start(
+    start = models.unconstrained_start(spec, *gridded.moment_start(
         ys, g, np.asarray(gv.spacing) / std.x_scale))
     flat, unravel = ravel_pytree(start)
     if likelihood == "whittle":

@@ -233,8 +233,9 @@ def test_curvature_inverse_mass_is_the_inverse_hessian(field):
     kw = {"spec": spec, "landmarks": Xs[:25]}
     z = inference._pilot_start(Xs, ys, spec, kw["landmarks"], 0, num_chains=1)
     flat, unravel = ravel_pytree(z)
-    H = np.asarray(jax.jacrev(jax.grad(
-        lambda v: potential_energy(models.gp_model, (Xs, ys), kw, unravel(v))))(flat))
+    # Jitted: run eagerly, the second derivative dispatches op by op (twice as slow).
+    H = np.asarray(jax.jit(jax.jacrev(jax.grad(
+        lambda v: potential_energy(models.gp_model, (Xs, ys), kw, unravel(v)))))(flat))
     lam = np.linalg.eigvalsh(H)
     assert lam.min() > 1e-2  # the pilot found a mode, so no eigenvalue is floored
     z_same, inv_mass = inference._warmup_start((Xs, ys), kw, z)
@@ -270,10 +271,11 @@ def test_newton_steps_reach_the_full_data_mode(field):
     def u(v):
         return potential_energy(models.gp_model, (Xs, ys), kw, unravel(v))
 
-    g0, g = np.asarray(jax.grad(u)(flat0)), np.asarray(jax.grad(u)(flat))
+    grad_u = jax.jit(jax.grad(u))  # jitted: eagerly, autodiff dispatches op by op
+    g0, g = np.asarray(grad_u(flat0)), np.asarray(grad_u(flat))
     assert float(u(flat)) < float(u(flat0))
     assert np.linalg.norm(g) < 1e-4 * np.linalg.norm(g0)
-    H = np.asarray(jax.jacrev(jax.grad(u))(flat))
+    H = np.asarray(jax.jit(jax.jacrev(jax.grad(u)))(flat))
     np.testing.assert_allclose(inv_mass, np.linalg.inv(H), rtol=1e-4,
                                atol=1e-6 * np.abs(np.linalg.inv(H)).max())
 

@@ -39,16 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aniso_gp import _validation as check
+
 jax.config.update("jax_enable_x64", True)
 
 _AXES = (-3, -2, -1)
-
-
-def _shape3(shape) -> tuple[int, int, int]:
-    s = tuple(int(n) for n in shape)
-    if len(s) != 3 or min(s) < 1:
-        raise ValueError(f"`shape` must be 3 positive integers; got {tuple(shape)!r}")
-    return s
 
 
 def torus_lags(size: int, spacing: float = 1.0) -> np.ndarray:
@@ -64,7 +59,7 @@ def lag_axes(shape, spacing=(1.0, 1.0, 1.0), half: bool = False):
     ``half=True`` the last axis keeps the lags ``[0, ..., n2-1]`` only: the
     half-lag array of :func:`expected_periodogram`.
     """
-    shape = _shape3(shape)
+    shape = check.shape3(shape)
     sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
     axes = [torus_lags(2 * n, s) for n, s in zip(shape, sp, strict=True)]
     if half:
@@ -126,7 +121,7 @@ def half_spectrum_weights(shape) -> np.ndarray:
     ``-k``; the planes ``k2 = 0`` (and ``k2 = n2/2`` for even ``n2``) already
     hold both members of each conjugate pair. ``sum`` of the weights is ``n0 n1 n2``.
     """
-    n0, n1, n2 = _shape3(shape)
+    n0, n1, n2 = check.shape3(shape)
     w = np.full(n2 // 2 + 1, 2.0)
     w[0] = 1.0
     if n2 % 2 == 0:
