@@ -110,6 +110,19 @@ def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
     return f
 
 
+def positive_int(v, name: str, allow_zero: bool = False) -> int:
+    """A whole number >= 1 (>= 0 with ``allow_zero``); NumPy integers and integral
+    floats pass, booleans, strings, NaN and 2.5 do not."""
+    try:
+        ok = not isinstance(v, bool | str | bytes) and int(v) == v
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok or int(v) < (0 if allow_zero else 1):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"`{name}` must be a {kind} integer; got {v!r}")
+    return int(v)
+
+
 def fraction(v, name: str) -> float:
     """A number in (0, 1]."""
     f = positive_scalar(v, name)

@@ -222,6 +222,32 @@ def test_bad_arguments_are_named(patchwork, client):
         orientation_map(vol, tile=TILE, spacing=2.0, scheduler=client)
 
 
+def _affinity_and_malloc():
+    import os
+
+    return sorted(os.sched_getaffinity(0)), os.environ.get("MALLOC_MMAP_THRESHOLD_")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_getaffinity"), reason="Linux only")
+def test_local_workers_get_their_own_cores_and_malloc_settings():
+    import os
+
+    from aniso_gp.orientation_map import MALLOC_THRESHOLD, core_sets, local_client
+
+    assert core_sets(2, [0, 1, 2, 3, 4]) == [(0, 1, 2), (3, 4)]
+    assert core_sets(1, [3, 1]) == [(1, 3)]
+    assert core_sets(3, [5, 6]) == [(5,), (6,), (5,)]
+    one = sorted(os.sched_getaffinity(0))[:1]
+    with local_client(2, cores=one) as client:
+        seen = client.run(_affinity_and_malloc)
+        in_task = client.submit(_affinity_and_malloc, pure=False).result()
+    assert len(seen) == 2
+    assert all(v == (one, str(MALLOC_THRESHOLD)) for v in [*seen.values(), in_task])
+    with pytest.raises(ValueError, match="`n_workers`"):
+        with local_client(0):
+            pass
+
+
 def test_cli_maps_a_file_on_a_local_cluster_and_resumes(mapped, tmp_path):
     """`aniso-gp map` end to end in a child process: lazy .npy, a LocalCluster of process
     workers, the Zarr store, CSV and report; run again, nothing is refitted.
