@@ -1,8 +1,9 @@
-"""Input checks shared by every public boundary.
+"""Input checks shared by every public boundary: the one home of generic checks.
 
 Each function coerces NumPy, JAX or pandas input once and raises a ``ValueError``
 that names the argument and what is wrong with it. They run eagerly (outside
-``jit``); traced values are passed through unchecked.
+``jit``); traced values are passed through unchecked (:func:`is_traced`,
+:func:`violated`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,38 @@ def _to_numpy(x, name: str) -> np.ndarray:
     return arr
 
 
-def _is_traced(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
+def is_traced(*xs) -> bool:
+    """True when any leaf of ``xs`` is a JAX tracer (inside ``jit``/``grad``/``vmap``),
+    whose values cannot be checked."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(xs))
+
+
+def violated(flag_fn) -> bool:
+    """``bool(flag_fn())``, or False when it cannot be decided (inside a trace).
+
+    Under ``jit`` even constants closed over become traced once an operation
+    touches them, so value checks only run eagerly; shapes are always checked.
+    """
+    try:
+        return bool(flag_fn())
+    except jax.errors.ConcretizationTypeError:
+        return False
+
+
+def one_of(value, options, name: str):
+    """``value`` if it is one of ``options`` (an array never is)."""
+    try:
+        ok = value in options
+    except (TypeError, ValueError):  # an array compared with a string or a tuple
+        ok = False
+    if not ok:
+        raise ValueError(f"`{name}` must be one of {tuple(options)}; got {value!r}")
+    return value
 
 
 def coordinates(X, name: str = "X", min_points: int = 1) -> jnp.ndarray:
     """Coerce 3-D coordinates to a float64 array of shape (N, 3)."""
-    if _is_traced(X):
+    if is_traced(X):
         return X
     arr = _to_numpy(X, name)
     if arr.ndim == 1 and arr.shape[0] == 3:
@@ -50,7 +76,7 @@ def coordinates(X, name: str = "X", min_points: int = 1) -> jnp.ndarray:
 
 def values(y, n: int | None = None, name: str = "y") -> jnp.ndarray:
     """Coerce observed values to a float64 array of shape (N,)."""
-    if _is_traced(y):
+    if is_traced(y):
         return y
     arr = _to_numpy(y, name)
     if arr.ndim == 2 and arr.shape[1] == 1:
@@ -65,7 +91,7 @@ def values(y, n: int | None = None, name: str = "y") -> jnp.ndarray:
 
 def lengthscales(l, name: str = "lengthscales") -> jnp.ndarray:
     """Coerce three strictly positive, finite length-scales."""
-    if _is_traced(l):
+    if is_traced(l):
         return l
     arr = _to_numpy(l, name)
     if arr.shape != (3,):
@@ -78,7 +104,7 @@ def lengthscales(l, name: str = "lengthscales") -> jnp.ndarray:
 
 def vector3(a, name: str) -> jnp.ndarray:
     """Coerce a finite 3-vector (e.g. an axis-angle)."""
-    if _is_traced(a):
+    if is_traced(a):
         return a
     arr = _to_numpy(a, name)
     if arr.shape != (3,):
@@ -88,7 +114,7 @@ def vector3(a, name: str) -> jnp.ndarray:
 
 
 def matrix3(M, name: str) -> jnp.ndarray:
-    if _is_traced(M):
+    if is_traced(M):
         return M
     arr = _to_numpy(M, name)
     if arr.shape[-2:] != (3, 3):
@@ -98,7 +124,7 @@ def matrix3(M, name: str) -> jnp.ndarray:
 
 
 def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
-    if _is_traced(v):
+    if is_traced(v):
         return v
     try:
         f = float(v)
@@ -110,17 +136,36 @@ def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
     return f
 
 
-def positive_int(v, name: str, allow_zero: bool = False) -> int:
-    """A whole number >= 1 (>= 0 with ``allow_zero``); NumPy integers and integral
-    floats pass, booleans, strings, NaN and 2.5 do not."""
+def integer(v, name: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """A whole number in ``[minimum, maximum]``; NumPy integers and integral floats
+    pass, booleans, strings, NaN and 2.5 do not."""
     try:
         ok = not isinstance(v, bool | str | bytes) and int(v) == v
     except (TypeError, ValueError, OverflowError):
         ok = False
-    if not ok or int(v) < (0 if allow_zero else 1):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"`{name}` must be a {kind} integer; got {v!r}")
-    return int(v)
+    if ok and minimum <= int(v) and (maximum is None or int(v) <= maximum):
+        return int(v)
+    if maximum is not None:
+        kind = f"an integer in [{minimum}, {maximum}]"
+    else:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(
+            minimum, f"an integer >= {minimum}")
+    raise ValueError(f"`{name}` must be {kind}; got {v!r}")
+
+
+def positive_int(v, name: str) -> int:
+    """A whole number >= 1 (see :func:`integer`)."""
+    return integer(v, name)
+
+
+def tolerance(v, name: str = "tol") -> float:
+    """A relative tolerance in (0, 1); a traced value passes unchecked."""
+    if is_traced(v):
+        return v
+    f = positive_scalar(v, name)
+    if f >= 1:
+        raise ValueError(f"`{name}` must be in (0, 1); got {v!r}")
+    return f
 
 
 def fraction(v, name: str) -> float:
@@ -162,9 +207,7 @@ def shape3(shape, name: str = "shape") -> tuple[int, int, int]:
 
 
 def base_name(base: str) -> str:
-    if base not in BASES:
-        raise ValueError(f"`base` must be one of {BASES}; got {base!r}")
-    return base
+    return one_of(base, BASES, "base")
 
 
 def _finite(arr: np.ndarray, name: str) -> None:

@@ -62,8 +62,6 @@ from aniso_gp import gridded, kernels, so3
 from aniso_gp.linalg.grid import tapered_dft
 from aniso_gp.models import gp_model, parameter_model, vech
 
-jax.config.update("jax_enable_x64", True)
-
 SITES_FIXED = ("A",)  # deterministic, recomputed from the adjusted draws
 
 

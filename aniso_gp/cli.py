@@ -36,9 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
+from aniso_gp import _validation as check
+
 PROG = "aniso-gp"
 KERNEL_CHOICES = ("rotated", "ard", "full")
-BASE_CHOICES = ("rbf", "matern12", "matern32", "matern52")
+BASE_CHOICES = check.BASES
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 TABLE_SUBSAMPLE = 400
 USER_ERRORS = (ValueError, OSError, np.linalg.LinAlgError)
@@ -430,8 +432,7 @@ def _analyse_file(args, kernels: tuple[str, ...], default_holdout: float) -> Non
 
 def _check_plan(plan: Plan) -> None:
     for name in ("chains", "warmup", "samples", "landmarks"):
-        if getattr(plan, name) < 1:
-            raise ValueError(f"--{name} must be a positive integer; got {getattr(plan, name)}")
+        check.positive_int(getattr(plan, name), f"--{name}")
     if not 0.0 <= plan.holdout < 1.0:
         raise ValueError(f"--holdout must be in [0, 1); got {plan.holdout}")
 
@@ -622,7 +623,8 @@ def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Pa
             t0 = time.perf_counter()
             f = inference.fit(
                 *fit_data, kernel=kernel, base=plan.base,
-                parameterization=plan.parameterization, num_chains=plan.chains,
+                parameterization=plan.parameterization if kernel == "rotated" else None,
+                num_chains=plan.chains,
                 num_warmup=plan.warmup, num_samples=plan.samples, seed=plan.seed,
                 progress=plan.progress, likelihood=plan.likelihood, **point_options,
             )

@@ -23,8 +23,6 @@ from aniso_gp import _validation as check
 from aniso_gp import kernels, so3
 from aniso_gp.linalg.dense import checked_cholesky
 
-jax.config.update("jax_enable_x64", True)
-
 DESIGNS = ("uniform", "jittered_grid", "grid")
 
 
@@ -79,10 +77,8 @@ def design_points(n: int, design: str = "uniform", extent: float = 1.0, seed: in
     takes the smallest ``k^3 >= n`` cells, jitters each point uniformly within its
     cell and keeps a random ``n`` of them.
     """
-    if design not in DESIGNS:
-        raise ValueError(f"`design` must be one of {DESIGNS}; got {design!r}")
-    if int(n) != n or n < 2:
-        raise ValueError(f"`n` must be an integer >= 2; got {n!r}")
+    check.one_of(design, DESIGNS, "design")
+    n = check.integer(n, "n", minimum=2)
     extent = check.positive_scalar(extent, "extent")
     rng = np.random.default_rng([seed, 0])
     if design == "uniform":
@@ -374,8 +370,7 @@ def nano_brick(
     fibre axis) and the noise-free ``f`` (including the mean). ``seed`` makes it
     reproducible.
     """
-    if texture not in TEXTURES:
-        raise ValueError(f"`texture` must be one of {TEXTURES}; got {texture!r}")
+    check.one_of(texture, TEXTURES, "texture")
     try:
         shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError) as err:

@@ -34,11 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from aniso_gp import _validation as check
 from aniso_gp import gridded, kernels
 from aniso_gp.linalg import grid as fft_grid
 from aniso_gp.linalg.solvers import pcg
-
-jax.config.update("jax_enable_x64", True)
 
 
 def _solver(shape, lags, mask, base, tol, maxiter):
@@ -113,15 +112,14 @@ def predict_grid(fit, num_draws: int = 20, num_simulations: int = 1, *, seed: in
     if not fit.is_volume:
         raise ValueError("predict_grid needs a whole-volume fit (likelihood='whittle'); "
                          "use Fit.predict for points")
-    for name, v in (("num_draws", num_draws), ("num_simulations", num_simulations)):
-        if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"`{name}` must be a positive integer; got {v!r}")
+    num_draws = check.positive_int(num_draws, "num_draws")
+    num_simulations = check.positive_int(num_simulations, "num_simulations")
     gv, std, base = fit.gridded(), fit.std, fit.settings["base"]
     spacing = np.asarray(gv.spacing) / std.x_scale
     lags = tuple(jnp.asarray(t) for t in fft_grid.lag_axes(gv.shape, spacing))
     solve = _solver(gv.shape, lags, gv.mask, base, tol, maxiter)
     ys = np.where(gv.mask, (gv.values - std.y_mean) / std.y_sd, 0.0)
-    d = fit._thinned(int(num_draws))
+    d = fit.standardised_draws(num_draws)
     keys = jax.random.split(jax.random.PRNGKey(seed), d["signal"].shape[0])
     # Running sums over draws, so memory stays a few volumes whatever num_draws is.
     s1, s2, sv = (np.zeros(gv.shape) for _ in range(3))

@@ -33,8 +33,6 @@ from aniso_gp import _validation as check
 from aniso_gp import kernels
 from aniso_gp.linalg import grid as fft_grid
 
-jax.config.update("jax_enable_x64", True)
-
 MIN_VOXELS_PER_AXIS = 4
 TAPERS = (None, *fft_grid.TAPERS)
 LOO_GROUPS = 1000
@@ -167,8 +165,8 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
                          f"axis; got shape {arr.shape}")
     spacing = check.triple(spacing, "spacing", positive=True)
     origin = check.triple(origin, "origin", positive=False)
-    if not (taper is None or isinstance(taper, str) and taper in TAPERS):
-        raise ValueError(f"`taper` must be one of {TAPERS}; got {taper!r}")
+    if taper is not None:
+        check.one_of(taper, TAPERS, "taper")
     vals = arr.astype(np.float64, copy=True)
     if np.any(np.isinf(vals)):
         raise ValueError(f"`volume` has {int(np.isinf(vals).sum())} infinite values; mark them "

@@ -25,28 +25,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 import warnings
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from jax.scipy.special import logsumexp
-from jax.scipy.stats import norm
 from numpyro.infer import MCMC, NUTS, init_to_median
 from numpyro.infer.util import log_density, potential_energy
 
 from aniso_gp import _validation as check
 from aniso_gp import calibration, diagnostics, gridded, kernels, orientation, so3
+from aniso_gp.fit_result import FORMAT_VERSION, Fit, Standardizer
 from aniso_gp.likelihoods import (
-    exact_predict,
     loo_pointwise,
     lowrank_loo_pointwise,
-    lowrank_predict,
 )
 from aniso_gp.models import (
     KERNELS,
@@ -54,6 +49,7 @@ from aniso_gp.models import (
     PARAMETERIZATIONS,
     ModelSpec,
     Priors,
+    dense_covariance,
     gp_model,
     lowrank_parts,
     unconstrained_start,
@@ -61,55 +57,12 @@ from aniso_gp.models import (
     whittle_site,
 )
 
-jax.config.update("jax_enable_x64", True)
+__all__ = ["Fit", "Standardizer", "compare", "fit", "predict"]
 
 MIN_POINTS = 10
 EXACT_WARN_N = 3000
-_FORMAT_VERSION = 1
 _PILOT_MAX_POINTS = 500  # above this the pilot MAP sees a random subset
 _NEWTON_STEPS = 10  # ... and Newton steps on all the data finish the job
-
-
-@dataclasses.dataclass(frozen=True)
-class Standardizer:
-    """``x_std = (x - center) / x_scale`` (one scale, all axes); ``y_std = (y - y_mean) / y_sd``."""
-
-    center: tuple[float, float, float]
-    x_scale: float
-    y_mean: float
-    y_sd: float
-    extent: float
-
-    @classmethod
-    def from_data(cls, X: np.ndarray, y: np.ndarray) -> Standardizer:
-        y_sd = float(np.std(y))
-        if not y_sd > 0:
-            raise ValueError("`y` is constant: there is no spatial variation to model")
-        center = X.mean(axis=0)
-        x_scale = float(np.sqrt(np.mean(np.var(X, axis=0))))
-        if not x_scale > 0:
-            raise ValueError("`X` has all points at one location")
-        extent = float(np.max(np.ptp(X, axis=0)))
-        return cls(tuple(map(float, center)), x_scale, float(np.mean(y)), y_sd, extent)
-
-    @classmethod
-    def from_grid(cls, gv) -> Standardizer:
-        """The same statistics for the observed voxels of a
-        :class:`~aniso_gp.gridded.GriddedVolume`, without forming their coordinates."""
-        vals = gv.values[gv.mask]
-        y_sd = float(np.std(vals))
-        if not y_sd > 0:
-            raise ValueError("the volume is constant over its observed voxels: there is no "
-                             "spatial variation to model")
-        mean, var, ptp = gv.coordinate_moments()
-        return cls(tuple(map(float, mean)), float(np.sqrt(np.mean(var))), float(np.mean(vals)),
-                   y_sd, float(np.max(ptp)))
-
-    def x(self, X):
-        return (jnp.asarray(X) - jnp.asarray(self.center)) / self.x_scale
-
-    def y(self, y):
-        return (jnp.asarray(y) - self.y_mean) / self.y_sd
 
 
 def _chain_method(num_chains: int) -> str:
@@ -126,7 +79,7 @@ def fit(
     y=None,
     kernel: str = "rotated",
     base: str = "rbf",
-    parameterization: str = "identifiable",
+    parameterization: str | None = None,
     num_chains: int = 4,
     num_warmup: int = 500,
     num_samples: int = 500,
@@ -153,7 +106,8 @@ def fit(
         y: (N,) values, for points.
         kernel: ``"rotated"`` (M = R diag(l^-2) R^T), ``"ard"`` or ``"full"`` (free SPD).
         base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
-        parameterization: for the rotated kernel, ``"identifiable"`` (the default:
+        parameterization: for the rotated kernel only (the others have no rotation
+            to chart, and naming one for them is an error), ``"identifiable"`` (the default:
             the matrix logarithm of the metric, six unconstrained numbers with a
             Gaussian-orthogonal-ensemble prior; chains start at a pilot MAP; see
             :mod:`aniso_gp.models`) or ``"axis-angle"`` (the paper's: exchangeable
@@ -183,14 +137,13 @@ def fit(
             entry of it has a relative Monte Carlo error of about sqrt(2 / num_bootstrap)).
     """
     base = check.base_name(base)
-    _choice(kernel, KERNELS, "kernel")
-    _choice(parameterization, PARAMETERIZATIONS, "parameterization")
+    check.one_of(kernel, KERNELS, "kernel")
+    parameterization = _chart(kernel, parameterization)
     if likelihood is not None:
-        _choice(likelihood, LIKELIHOODS, "likelihood")
-    for name, v in (("num_chains", num_chains), ("num_warmup", num_warmup),
-                    ("num_samples", num_samples)):
-        if int(v) != v or v < 1:
-            raise ValueError(f"`{name}` must be a positive integer; got {v!r}")
+        check.one_of(likelihood, LIKELIHOODS, "likelihood")
+    num_chains = check.positive_int(num_chains, "num_chains")
+    num_warmup = check.positive_int(num_warmup, "num_warmup")
+    num_samples = check.positive_int(num_samples, "num_samples")
     if not 0.0 < target_accept_prob < 1.0:
         raise ValueError(f"`target_accept_prob` must be in (0, 1); got {target_accept_prob!r}")
     nuts = {"num_chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples,
@@ -201,9 +154,7 @@ def fit(
                              "values")
         gv = gridded.as_gridded(X, spacing=spacing, mask=mask, taper=taper)
         if likelihood in (None, "whittle"):
-            if int(num_bootstrap) != num_bootstrap or num_bootstrap < 20:
-                raise ValueError(f"`num_bootstrap` must be an integer >= 20; got "
-                                 f"{num_bootstrap!r}")
+            num_bootstrap = check.integer(num_bootstrap, "num_bootstrap", minimum=20)
             return _fit_volume(gv, kernel, base, parameterization, priors, nuts,
                                calibrate=calibrate, num_bootstrap=int(num_bootstrap))
         if gv.taper is not None:
@@ -266,11 +217,24 @@ def fit(
     return Fit(idata, settings)
 
 
+def _chart(kernel: str, parameterization: str | None) -> str:
+    """The rotated kernel's chart (default ``"identifiable"``); the other kernels have
+    none, and asking for one is an error rather than a silent change."""
+    if kernel == "rotated":
+        return check.one_of(parameterization or "identifiable", PARAMETERIZATIONS,
+                            "parameterization")
+    if parameterization is not None:
+        raise ValueError(f"`parameterization` applies to the rotated kernel only; "
+                         f"kernel={kernel!r} has no rotation to parameterise: omit it "
+                         f"(got {parameterization!r})")
+    return "axis-angle"  # the model's internal label for 'no log-metric chart'
+
+
 def _spec(kernel, base, parameterization, likelihood, user_priors, std) -> ModelSpec:
     return ModelSpec(
         kernel=kernel,
         base=base,
-        parameterization=parameterization if kernel == "rotated" else "axis-angle",
+        parameterization=_chart(kernel, parameterization if kernel == "rotated" else None),
         likelihood=likelihood,
         priors=user_priors.standardised(std.x_scale, std.y_mean, std.y_sd, std.extent),
     )
@@ -278,7 +242,7 @@ def _spec(kernel, base, parameterization, likelihood, user_priors, std) -> Model
 
 def _settings(kernel, base, spec, likelihood, nuts, user_priors, std, wall) -> dict:
     return {
-        "format_version": _FORMAT_VERSION,
+        "format_version": FORMAT_VERSION,
         "kernel": kernel,
         "base": base,
         "parameterization": spec.parameterization,
@@ -370,18 +334,12 @@ def _fit_volume(gv, kernel, base, parameterization, priors, nuts, *, calibrate: 
     return Fit(idata, settings)
 
 
-def _choice(value, options, name):
-    if value not in options:
-        raise ValueError(f"`{name}` must be one of {options}; got {value!r}")
-
-
 def _choose_landmarks(Xs, m, method, spec, seed):
     """Landmarks chosen once in the prior-median transformed coordinates."""
     from aniso_gp.linalg.nystrom import select_landmarks
 
     n = Xs.shape[0]
-    if int(m) != m or not 1 <= m <= n:
-        raise ValueError(f"`num_landmarks` must be an integer in [1, N={n}]; got {m!r}")
+    m = check.integer(m, "num_landmarks", maximum=n)
     Z = Xs / spec.priors.lengthscale_median
 
     def kernel_fn(Z1, Z2):
@@ -539,12 +497,6 @@ def _warmup_start(model_args, model_kwargs, z, newton_steps=0, h=1e-4, floor=1e-
 # --------------------------------------------------------------------------- #
 # Per-draw computations (standardised units)
 # --------------------------------------------------------------------------- #
-def _covariance(A, signal, noise, Xs, base):
-    Z = Xs @ A
-    n = Xs.shape[0]
-    return kernels.gram_transformed(Z, Z, signal**2, base) + noise**2 * jnp.eye(n)
-
-
 def _flat(samples, name):
     v = samples[name]
     return v.reshape((-1,) + v.shape[2:])
@@ -557,21 +509,16 @@ def _loo_draws(A, signal, noise, mean, Xs, ys, base, lowrank):
 
         def one(args):
             A_, s_, e_, m_ = args
-            U, d = _lowrank_parts(A_, s_, e_, Xs, Xm, base, fitc)
+            U, d = lowrank_parts(Xs @ A_, Xm @ A_, s_, e_, base, fitc)
             return lowrank_loo_pointwise(U, d, ys - m_)[0]
 
     else:
 
         def one(args):
             A_, s_, e_, m_ = args
-            return loo_pointwise(_covariance(A_, s_, e_, Xs, base), ys - m_)[0]
+            return loo_pointwise(dense_covariance(Xs @ A_, s_, e_, base), ys - m_)[0]
 
     return jax.lax.map(jax.jit(one), (A, signal, noise, mean), batch_size=8)
-
-
-def _lowrank_parts(A, signal, noise, Xs, Xm, base, fitc, Xn=None):
-    return lowrank_parts(Xs @ A, Xm @ A, signal, noise, base, fitc,
-                         None if Xn is None else Xn @ A)
 
 
 @jax.jit
@@ -696,255 +643,6 @@ def _build_grid_idata(samples, raw, extra, gv, std, spec, grid, data, settings):
     )
 
 
-# --------------------------------------------------------------------------- #
-# The user-facing result
-# --------------------------------------------------------------------------- #
-class Fit:
-    """Posterior of an anisotropic GP fit; every number is in the user's units."""
-
-    def __init__(self, idata, settings: dict):
-        self.idata = idata
-        self.settings = settings
-        self.std = Standardizer(**{k: (tuple(v) if k == "center" else v)
-                                   for k, v in settings["standardizer"].items()})
-        self._summary = None
-
-    # -- draws --------------------------------------------------------------- #
-    def _draws(self, name) -> np.ndarray:
-        v = np.asarray(self.idata.posterior[name])
-        return v.reshape((-1,) + v.shape[2:])
-
-    @property
-    def kernel(self) -> str:
-        return self.settings["kernel"]
-
-    @property
-    def is_volume(self) -> bool:
-        """True for a whole-volume (``likelihood="whittle"``) fit."""
-        return "grid" in self.settings
-
-    def gridded(self) -> gridded.GriddedVolume:
-        """The fitted volume (NaN off the mask), for a whole-volume fit."""
-        if not self.is_volume:
-            raise ValueError("this fit was made on points, not on a volume")
-        g = self.settings["grid"]
-        vals = np.asarray(self.idata.observed_data["volume"])
-        return gridded.GriddedVolume(vals, ~np.isnan(vals), tuple(g["spacing"]),
-                                     tuple(g["origin"]), g["taper"])
-
-    @property
-    def X(self) -> np.ndarray:
-        """Coordinates (N, 3) of the fitted points (of the observed voxels of a volume)."""
-        if self.is_volume:
-            return self.gridded().points()[0]
-        return np.asarray(self.idata.constant_data["X"])
-
-    @property
-    def y(self) -> np.ndarray:
-        """Values (N,) of the fitted points (of the observed voxels of a volume)."""
-        if self.is_volume:
-            return self.gridded().points()[1]
-        return np.asarray(self.idata.observed_data["y"])
-
-    def _extent(self) -> np.ndarray:
-        if self.is_volume:
-            return np.asarray(self.settings["grid"]["extent"])
-        return np.ptp(self.X, axis=0)
-
-    def metric_draws(self) -> np.ndarray:
-        """Metric draws ``M`` (S, 3, 3) in the user's units (inverse squared length)."""
-        return self._draws("metric")
-
-    def axes_draws(self) -> np.ndarray:
-        """Principal axes (S, 3, 3), one per column, canonical order (longest first)."""
-        return self._draws("axes")
-
-    def lengthscale_draws(self) -> np.ndarray:
-        """Sorted length-scales (S, 3), longest first, in the user's units."""
-        return self._draws("lengthscales")
-
-    def canonical_draws(self) -> pd.DataFrame:
-        """One row per draw: chain, draw, canonical length-scales and axis-angle, signal,
-        noise, mean."""
-        post = self.idata.posterior
-        C, D = post.sizes["chain"], post.sizes["draw"]
-        l = self._draws("lengthscales")
-        a = self._draws("axis_angle")
-        return pd.DataFrame({
-            "chain": np.repeat(np.arange(C), D),
-            "draw": np.tile(np.arange(D), C),
-            "l1": l[:, 0], "l2": l[:, 1], "l3": l[:, 2],
-            "a_x": a[:, 0], "a_y": a[:, 1], "a_z": a[:, 2],
-            "signal": self._draws("signal"),
-            "noise": self._draws("noise"),
-            "mean": self._draws("mean"),
-        })
-
-    def _invariants(self) -> dict[str, np.ndarray]:
-        post = self.idata.posterior
-        l = np.asarray(post["lengthscales"])
-        M = np.asarray(post["metric"])
-        inv = {f"l{i + 1}": l[..., i] for i in range(3)}
-        names = "xyz"
-        for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)):
-            inv[f"M_{names[i]}{names[j]}"] = M[..., i, j]
-        for k in ("signal", "noise", "mean"):
-            inv[k] = np.asarray(post[k])
-        return inv
-
-    # -- summaries ------------------------------------------------------------ #
-    def summary(self) -> pd.DataFrame:
-        """Invariants (sorted length-scales, metric entries, signal, noise, mean):
-        mean, sd, 5/50/95% quantiles, R-hat and bulk/tail ESS."""
-        if self._summary is None:
-            self._summary = diagnostics.invariant_summary(self._invariants())
-        return self._summary.copy()
-
-    def diagnostics(self) -> dict:
-        """Divergences, max R-hat / min ESS on invariants, E-BFMI, steps per draw, flags."""
-        return diagnostics.sampler_report(
-            self.idata, self.summary(), self.settings.get("wall_time_s")
-        )
-
-    def orientation(self, interval: float = 0.9, cone_level: float = 0.95) -> pd.DataFrame:
-        """One row per principal axis: length-scale median and interval, mean axial direction,
-        trend/plunge, credible-cone half-angle and a plain-words identifiability note."""
-        return orientation.orientation_table(
-            self._draws("lengthscales"), self._draws("axes"),
-            interval=interval, cone_level=cone_level, extent=self._extent(),
-            fixed_axes=self.kernel == "ard",
-        )
-
-    def loo(self) -> dict:
-        return diagnostics.loo(self.idata)
-
-    # -- prediction ------------------------------------------------------------ #
-    def _thinned(self, num_draws: int):
-        S = self._draws("signal").shape[0]
-        idx = np.unique(np.linspace(0, S - 1, min(num_draws, S)).round().astype(int))
-        pick = {k: jnp.asarray(self._draws(k)[idx]) for k in ("A_std", "signal", "noise", "mean")}
-        pick["signal"] = pick["signal"] / self.std.y_sd
-        pick["noise"] = pick["noise"] / self.std.y_sd
-        pick["mean"] = (pick["mean"] - self.std.y_mean) / self.std.y_sd
-        return pick
-
-    def predict_grid(self, num_draws: int = 20, num_simulations: int = 1, **kwargs):
-        """Posterior mean and sd at every voxel of a whole-volume fit's grid (FFT kriging and
-        conditional simulation): see :func:`aniso_gp.grid_prediction.predict_grid`."""
-        from aniso_gp.grid_prediction import predict_grid
-
-        return predict_grid(self, num_draws, num_simulations, **kwargs)
-
-    def predict_draws(self, X_new, num_draws: int = 200):
-        """Per-draw Gaussian predictives at ``X_new`` in standardised units.
-
-        Returns ``(mu, var, noise_var)``: (S, P), (S, P) latent, (S,) noise variance.
-        """
-        if self.is_volume:
-            raise ValueError("a whole-volume fit predicts on its grid: use Fit.predict_grid "
-                             "(mean and sd at every voxel)")
-        X_new = check.coordinates(X_new, "X_new")
-        d = self._thinned(num_draws)
-        Xs, ys = self.std.x(self.X), self.std.y(self.y)
-        Xn = self.std.x(X_new)
-        base = self.settings["base"]
-        lm = self.settings.get("landmarks")
-
-        if lm is None:
-            def one(args):
-                A, s, e, m = args
-                Cov = _covariance(A, s, e, Xs, base)
-                Kx = kernels.gram_transformed(Xs @ A, Xn @ A, s**2, base)
-                mu, var = exact_predict(Cov, ys - m, Kx, jnp.full(Xn.shape[0], s**2))
-                return mu + m, var
-        else:
-            Xm = jnp.asarray(lm)
-            fitc = self.settings["likelihood"] == "fitc"
-
-            def one(args):
-                A, s, e, m = args
-                U, diag, Un = _lowrank_parts(A, s, e, Xs, Xm, base, fitc, Xn)
-                mu, var = lowrank_predict(U, diag, ys - m, Un, jnp.full(Xn.shape[0], s**2))
-                return mu + m, var
-
-        mu, var = jax.lax.map(jax.jit(one), (d["A_std"], d["signal"], d["noise"], d["mean"]),
-                              batch_size=8)
-        return mu, var, d["noise"] ** 2
-
-    def predict(self, X_new, return_std: bool = True, include_noise: bool = False,
-                num_draws: int = 200):
-        """Posterior predictive mean (and sd) at ``X_new`` (P, 3), mixing over thinned draws.
-
-        ``include_noise`` adds the observation noise (predicting new measurements
-        rather than the latent field).
-        """
-        mu, var, nv = self.predict_draws(X_new, num_draws)
-        if include_noise:
-            var = var + nv[:, None]
-        mean = jnp.mean(mu, axis=0)
-        total = jnp.mean(var + mu**2, axis=0) - mean**2
-        mean_u = np.asarray(mean) * self.std.y_sd + self.std.y_mean
-        if not return_std:
-            return mean_u
-        return mean_u, np.sqrt(np.maximum(np.asarray(total), 0.0)) * self.std.y_sd
-
-    def score(self, X_test, y_test, num_draws: int = 200) -> dict:
-        """Held-out RMSE, mean NLPD and 90% interval coverage of the predictive mixture."""
-        y_test = np.asarray(check.values(y_test, name="y_test"))
-        mu, var, nv = self.predict_draws(X_test, num_draws)
-        if y_test.shape[0] != mu.shape[1]:
-            raise ValueError("`y_test` and `X_test` have different numbers of points")
-        yt = self.std.y(y_test)
-        sd = jnp.sqrt(var + nv[:, None])
-        S = mu.shape[0]
-        logp = logsumexp(norm.logpdf(yt[None, :], mu, sd), axis=0) - math.log(S)
-        cdf = jnp.mean(norm.cdf((yt[None, :] - mu) / sd), axis=0)
-        mean_u = np.asarray(jnp.mean(mu, axis=0)) * self.std.y_sd + self.std.y_mean
-        return {
-            "rmse": float(np.sqrt(np.mean((mean_u - y_test) ** 2))),
-            "nlpd": float(-np.mean(np.asarray(logp)) + math.log(self.std.y_sd)),
-            "coverage90": float(np.mean((np.asarray(cdf) > 0.05) & (np.asarray(cdf) < 0.95))),
-        }
-
-    # -- persistence ------------------------------------------------------------ #
-    def save(self, path, overwrite: bool = False) -> Path:
-        """Write ``path/posterior.nc`` and ``path/settings.json``; never overwrites unless asked."""
-        path = Path(path)
-        files = (path / "posterior.nc", path / "settings.json")
-        if not overwrite and any(f.exists() for f in files):
-            raise FileExistsError(
-                f"{path} already holds a saved fit; pass overwrite=True to replace it"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "posterior.nc.partial"
-        diagnostics.to_netcdf(self.idata, tmp)
-        os.replace(tmp, files[0])
-        files[1].write_text(json.dumps(self.settings, indent=2))
-        return path
-
-    @classmethod
-    def load(cls, path) -> Fit:
-        path = Path(path)
-        nc, js = path / "posterior.nc", path / "settings.json"
-        for f in (nc, js):
-            if not f.exists():
-                raise FileNotFoundError(
-                    f"{f} not found: is {path} a directory written by Fit.save?")
-        settings = json.loads(js.read_text())
-        if settings.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{js}: unsupported format_version {settings.get('format_version')}")
-        idata = diagnostics.from_netcdf(nc)
-        idata.load() if hasattr(idata, "load") else None
-        return cls(idata, settings)
-
-    def __repr__(self) -> str:
-        s = self.settings
-        n = s["grid"]["observed_voxels"] if self.is_volume else self.X.shape[0]
-        return (f"Fit(kernel={s['kernel']!r}, base={s['base']!r}, "
-                f"parameterization={s['parameterization']!r}, likelihood={s['likelihood']!r}, "
-                f"N={n}, chains={s['num_chains']}, draws={s['num_samples']})")
-
-
 def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) -> pd.DataFrame:
     """Compare fits: LOO elpd (ArviZ) and, given held-out data, RMSE / NLPD / 90% coverage;
     given a known ``truth`` (:class:`aniso_gp.datasets.Truth`), metric distances and
@@ -975,10 +673,28 @@ def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) ->
             row.update(f.score(X_test, y_test, num_draws))
         if truth is not None:
             row.update(orientation.metric_errors(f.metric_draws(), np.asarray(truth.metric)))
-            err = orientation.axis_errors(f._draws("axes"), np.asarray(truth.axes))
+            err = orientation.axis_errors(f.axes_draws(), np.asarray(truth.axes))
             row.update({f"axis{i + 1}_err_deg": float(e) for i, e in enumerate(err)})
         rep = f.diagnostics()
         row.update({"max_r_hat": rep["max_r_hat"], "min_ess_bulk": rep["min_ess_bulk"],
                     "divergences": rep["divergences"]})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").sort_values("loo_rank")
+
+
+def predict(fit: Fit, X_new=None, **kwargs):
+    """Predict from a fit: at points ``X_new`` (P, 3) for a fit on points
+    (:meth:`Fit.predict`: mean and sd in the user's units), or on the fitted grid
+    for a whole-volume fit (:meth:`Fit.predict_grid`; ``X_new`` must be omitted)."""
+    if not isinstance(fit, Fit):
+        raise ValueError(f"`fit` must be a Fit (from aniso_gp.fit or Fit.load); got "
+                         f"{type(fit).__name__}")
+    if fit.is_volume:
+        if X_new is not None:
+            raise ValueError("`X_new` must be omitted for a whole-volume fit: it predicts at "
+                             "every voxel of its grid")
+        return fit.predict_grid(**kwargs)
+    if X_new is None:
+        raise ValueError("`X_new` is required for a fit on points: the (P, 3) coordinates "
+                         "to predict at")
+    return fit.predict(X_new, **kwargs)

@@ -255,11 +255,8 @@ def subsample(X, y, n: int, method: str = "random", seed: int = 0, return_index:
     were kept out of how many; ``n >= N`` returns everything without warning.
     """
     X, y = _points(X, y)
-    if method not in SUBSAMPLE_METHODS:
-        raise ValueError(f"`method` must be one of {SUBSAMPLE_METHODS}; got {method!r}")
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"`n` must be a positive integer; got {n!r}")
-    n, N = int(n), X.shape[0]
+    check.one_of(method, SUBSAMPLE_METHODS, "method")
+    n, N = check.positive_int(n, "n"), X.shape[0]
     if n >= N:
         idx = np.arange(N)
     else:

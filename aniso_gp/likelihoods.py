@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve, solve_triangular
 
+from aniso_gp import _validation as check
 from aniso_gp.linalg.dense import cholesky, inverse_from_cholesky, triangular_inverse
 from aniso_gp.linalg.nystrom import landmark_cholesky
 from aniso_gp.linalg.operators import LowRankPlusDiagonal, left_matmul, matmul, self_gram
-
-jax.config.update("jax_enable_x64", True)
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -125,14 +124,14 @@ def exact_predict(C: jnp.ndarray, r: jnp.ndarray, K_cross: jnp.ndarray, k_diag: 
 
 
 def _noise_variance(noise_var):
-    if not isinstance(noise_var, jax.core.Tracer):
+    if not check.is_traced(noise_var):
         if jnp.ndim(noise_var) != 0 or not float(noise_var) > 0:
             raise ValueError(f"`noise_var` must be a strictly positive scalar; got {noise_var!r}")
     return noise_var
 
 
 def _as_float64(x):
-    return x if isinstance(x, jax.core.Tracer) else jnp.asarray(x, dtype=jnp.float64)
+    return x if check.is_traced(x) else jnp.asarray(x, dtype=jnp.float64)
 
 
 def _centred(y_centered, n: int):
@@ -373,8 +372,7 @@ def lowrank_loglik_streamed(
         raise ValueError(f"`Z` must be a 2-D (N, D) array; got shape {Z.shape}")
     if r.shape != (n,):
         raise ValueError(f"`y_centered` must have shape ({n},) to match `Z`; got {r.shape}")
-    if isinstance(block_size, bool) or int(block_size) != block_size or block_size < 1:
-        raise ValueError(f"`block_size` must be a positive integer; got {block_size!r}")
+    block_size = check.positive_int(block_size, "block_size")
     noise_var = _noise_variance(noise_var)
     landmarks = jnp.asarray(landmarks)
     if landmarks.ndim == 1 and jnp.issubdtype(landmarks.dtype, jnp.integer):

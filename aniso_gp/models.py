@@ -71,8 +71,6 @@ from aniso_gp.likelihoods import (
 from aniso_gp.linalg.grid import expected_periodogram
 from aniso_gp.linalg.nystrom import cross_factor, landmark_cholesky
 
-jax.config.update("jax_enable_x64", True)
-
 KERNELS = ("rotated", "ard", "full")
 PARAMETERIZATIONS = ("axis-angle", "identifiable")
 LIKELIHOODS = ("exact", "dtc", "fitc", "whittle")
@@ -327,8 +325,8 @@ def gp_model(X, y=None, *, spec: ModelSpec, landmarks=None, grid=None):
     n = X.shape[0]
     loc = jnp.full((n,), mean)
     if spec.likelihood == "exact":
-        C = kernels.gram_transformed(Z, Z, signal**2, spec.base) + noise**2 * jnp.eye(n)
-        numpyro.sample("y", GaussianProcessMVN(loc, C), obs=y)
+        numpyro.sample("y", GaussianProcessMVN(loc, dense_covariance(Z, signal, noise,
+                                                                       spec.base)), obs=y)
         return
     Zm, fitc = landmarks @ A, spec.likelihood == "fitc"
     U, d = lowrank_parts(Z, Zm, signal, noise, spec.base, fitc)
@@ -359,6 +357,12 @@ def whittle_site(grid, mean, signal, noise, A, base) -> WhittleFourier:
 def _kernel_on(signal, base):
     """The kernel on transformed inputs, ``(Z1, Z2) -> s^2 phi(|z - z'|)``."""
     return lambda Z1, Z2: kernels.gram_transformed(Z1, Z2, signal**2, base)
+
+
+def dense_covariance(Z, signal, noise, base):
+    """``signal^2 phi(|z_i - z_j|) + noise^2 delta_ij`` (N, N) on transformed
+    coordinates ``Z = X A`` (N, 3)."""
+    return kernels.gram_transformed(Z, Z, signal**2, base) + noise**2 * jnp.eye(Z.shape[0])
 
 
 def lowrank_parts(Z, Zm, signal, noise, base, fitc: bool, Z_new=None):

@@ -50,7 +50,10 @@ from aniso_gp.models import Priors
 STATUS = {"pending": 0, "ok": 1, "failed": 2}
 RANKS = ("longest", "intermediate", "shortest")
 ERROR_CHARS = 400
-MALLOC_THRESHOLD = 2**27  # bytes; see local_client
+# glibc malloc thresholds for the workers (bytes); see local_client.
+MALLOC_THRESHOLD = 2**27
+_WORKER_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(MALLOC_THRESHOLD),
+                       "MALLOC_TRIM_THRESHOLD_": str(MALLOC_THRESHOLD)}
 _FLOAT = ("observed_fraction", "fit_time_s", "map_grad_norm", "embedding_ratio",
           "width_factor", "r_hat_max", "signal", "noise", "st_angle")
 _INT = ("map_iterations", "divergences")
@@ -260,13 +263,12 @@ def local_client(n_workers: int | None = None, cores=None):
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (memory back to the OS
     # early). Setting any glibc malloc threshold also switches off glibc's dynamic mmap
     # threshold, so every buffer above 128 kB, and a tile fit allocates and frees
-    # thousands of a few MB, is a fresh mmap with its pages faulted in: 2.09 s per
-    # 32^3 tile on one core against 1.45 s in a plain process. Fixing both thresholds
-    # at 128 MB gives 1.08 s. The workers' stack sampler (every 10 ms, holding the
-    # GIL) is off too.
-    environ = "distributed.nanny.pre-spawn-environ."
-    with dask.config.set({environ + "MALLOC_TRIM_THRESHOLD_": str(MALLOC_THRESHOLD),
-                          environ + "MALLOC_MMAP_THRESHOLD_": str(MALLOC_THRESHOLD),
+    # thousands of a few MB, was a fresh mmap with its pages faulted in: 2.09 s per
+    # 32^3 tile on one core in a worker, against 1.23 s with both thresholds fixed at
+    # 128 MB. The workers' stack sampler (every 10 ms, holding the GIL) is off too.
+    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v
+               for k, v in _WORKER_ENVIRONMENT.items()}
+    with dask.config.set({**environ,
                           "distributed.worker.profile.enabled": False}), \
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                          dashboard_address=":0") as cluster, Client(cluster) as client:

@@ -32,6 +32,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from scipy import stats
 
+from aniso_gp import _validation as check
+
 AXIS_LABELS = ("long", "mid", "short")
 AXIS_COLOURS = ("tab:blue", "tab:green", "tab:red")
 
@@ -453,8 +455,7 @@ def trace_rank(draws: Mapping, bins: int = 20) -> Figure:
     """
     if not isinstance(draws, Mapping) or not draws:
         raise ValueError("`draws` must be a non-empty dict {name: (chains, draws) array}")
-    if int(bins) != bins or bins < 2:
-        raise ValueError(f"`bins` must be an integer >= 2; got {bins!r}")
+    bins = check.integer(bins, "bins", minimum=2)
     fig = Figure(figsize=(9.0, 2.2 * len(draws) + 0.4), layout="constrained")
     axs = np.atleast_2d(fig.subplots(len(draws), 2, gridspec_kw={"width_ratios": (2, 1)}))
     for r, (name, d) in enumerate(draws.items()):

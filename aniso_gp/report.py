@@ -300,7 +300,7 @@ def _cone_column(table: pd.DataFrame) -> str:
 
 
 def _truth_sentence(f, truth: Truth) -> str:
-    err = orientation.axis_errors(f._draws("axes"), np.asarray(truth.axes))
+    err = orientation.axis_errors(f.axes_draws(), np.asarray(truth.axes))
     tl = np.asarray(truth.lengthscales)
     return (
         "Against the known truth (length-scales "
@@ -327,7 +327,7 @@ def _orientation_frame(table: pd.DataFrame, f, truth: Truth | None, units: str) 
     if truth is not None:
         axes = np.asarray(truth.axes)
         tr, pl = orientation.trend_plunge(axes.T)
-        err = orientation.axis_errors(f._draws("axes"), axes)
+        err = orientation.axis_errors(f.axes_draws(), axes)
         out["truth: l, trend / plunge"] = [
             f"{l:.3g}, {t:.0f} / {max(p, 0.0):.0f}"
             for l, t, p in zip(np.asarray(truth.lengthscales), tr, pl, strict=True)
@@ -443,7 +443,7 @@ def _figure_blocks(fits, main, table, truth, volume, units, coarsened=False) -> 
             + ("; stars: truth." if truth is not None else ".")),
             # Cones are left to stereonet: the same quantile of the axial angles to
             # these means as the table's, and the legend then states the level.
-            _png(plots.stereonet(f._draws("axes"), mean_axes=means, truth_axes=t_axes,
+            _png(plots.stereonet(f.axes_draws(), mean_axes=means, truth_axes=t_axes,
                                  level=float(cone[4:]) / 100))),
         FigureBlock("ellipsoid", (
             f"Metric ellipsoid of {main}: the log-Euclidean posterior mean metric; its "
@@ -456,7 +456,7 @@ def _figure_blocks(fits, main, table, truth, volume, units, coarsened=False) -> 
             "Posterior densities of the sorted length-scales, one curve per kernel"
             + ("; dashed: truth." if truth is not None else ".")),
             _png(plots.lengthscale_densities(
-                {k: v._draws("lengthscales") for k, v in fits.items()},
+                {k: v.lengthscale_draws() for k, v in fits.items()},
                 truth=None if truth is None else np.asarray(truth.lengthscales),
                 units=units))),
         FigureBlock("trace_rank", (

@@ -23,8 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-jax.config.update("jax_enable_x64", True)
-
 # Below this angle the Rodrigues coefficients use their Taylor series; the error
 # of a 3-term series at t = 1e-3 is ~t^6/5040 ~ 2e-22, far below float64 eps.
 _SMALL_ANGLE = 1e-3

@@ -45,8 +45,6 @@ from scipy import ndimage
 from aniso_gp import calibration, gridded, orientation
 from aniso_gp.models import ModelSpec, Priors, gp_model, unconstrained_start
 
-jax.config.update("jax_enable_x64", True)
-
 INTERVAL = 0.9
 CONE_LEVEL = 0.95
 

@@ -7,7 +7,7 @@ validation points; inner problem the GP weight solve ``H w = y`` with
 theta = (log l, a, log s_f, log s) evaluated at the truth. Exact reference:
 dense Cholesky (or Nystrom-PCG at tol 1e-12 above ``--max-dense``).
 
-Sections (each prints a table and goes to reports/benchmarks.md):
+Sections (each prints a table and goes to reports/benchmark-log.md):
 
 A. Equal HVP budgets T: hypergradient relative error and cosine against the
    exact one, HVPs, median wall time of the compiled iHVP and XLA's temporary
@@ -56,7 +56,7 @@ from aniso_gp.linalg.operators import matmul  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-REPORT = Path(__file__).resolve().parents[1] / "reports" / "benchmarks.md"
+REPORT = Path(__file__).resolve().parents[1] / "reports" / "benchmark-log.md"
 L_TRUE = np.array([0.4, 0.2, 0.1])
 A_TRUE = np.array([0.4, -0.3, 0.6])
 TARGET_ERR = 1e-6
@@ -387,7 +387,8 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
-    ap.add_argument("--no-append", action="store_true", help="do not write reports/benchmarks.md")
+    ap.add_argument("--no-append", action="store_true",
+                    help="do not write reports/benchmark-log.md")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 1000,5000)")
     ap.add_argument("--budgets", default=None, help="HVP budgets T (default 5,10,20,50,100)")
     ap.add_argument("--repeats", type=int, default=None, help="timing repeats (median)")

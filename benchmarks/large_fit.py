@@ -95,7 +95,7 @@ def main(argv=None):
     ap.add_argument("--lengthscales", default="0.6,0.3,0.15")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
-    ap.add_argument("--out", default="reports/benchmarks.md")
+    ap.add_argument("--out", default="reports/benchmark-log.md")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:

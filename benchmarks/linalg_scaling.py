@@ -1,6 +1,6 @@
 """Scaling and accuracy of the low-rank linear-algebra core (issue 4).
 
-Three tables, printed and appended to ``reports/benchmarks.md``:
+Three tables, printed and appended to ``reports/benchmark-log.md``:
 
 1. FITC log-likelihood and its gradient (8 hyperparameters of a rotated
    Matérn-5/2 kernel) vs N at fixed rank m, streamed over row blocks
@@ -48,7 +48,7 @@ jax.config.update("jax_enable_x64", True)
 from aniso_gp import datasets, kernels, likelihoods, models  # noqa: E402
 from aniso_gp.linalg import dense, nystrom, solvers  # noqa: E402
 
-REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmarks.md"
+REPORT = Path(__file__).resolve().parent.parent / "reports" / "benchmark-log.md"
 BASE = "matern52"
 LENGTHSCALES = (0.5, 0.25, 0.12)
 AXIS_ANGLE = (0.3, -0.5, 0.8)

@@ -26,7 +26,7 @@ Sections (``--sections 1,2,...``; all by default):
     python benchmarks/volume_scaling.py --sections 1,2       # minutes
     python benchmarks/volume_scaling.py --quick --no-append  # smoke (a minute)
 
-Results are printed and appended to ``reports/benchmarks.md``.
+Results are printed and appended to ``reports/benchmark-log.md``.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from aniso_gp import datasets, gridded, inference, models, orientation
 from aniso_gp.linalg import grid as fft_grid
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORT = ROOT / "reports" / "benchmarks.md"
+REPORT = ROOT / "reports" / "benchmark-log.md"
 PEER_VENV = ROOT / ".bench" / "peer-venv"
 PEER = "debiased-spatial-whittle==2.2.0"
 BRICK_L = (10.0, 6.0, 2.0)

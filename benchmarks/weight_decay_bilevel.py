@@ -42,7 +42,7 @@ from aniso_gp import hypergrad as hg  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-REPORT = Path(__file__).resolve().parents[1] / "reports" / "benchmarks.md"
+REPORT = Path(__file__).resolve().parents[1] / "reports" / "benchmark-log.md"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hypergrad_solvers import NEVER, machine, table  # noqa: E402
 
@@ -129,7 +129,8 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="few outer steps and budgets (seconds)")
-    ap.add_argument("--no-append", action="store_true", help="do not write reports/benchmarks.md")
+    ap.add_argument("--no-append", action="store_true",
+                    help="do not write reports/benchmark-log.md")
     ap.add_argument("--steps", type=int, default=None, help="outer Adam steps (default 100)")
     ap.add_argument("--budget", type=int, default=None, help="HVP budget of part 2 (20)")
     ap.add_argument("--rho", type=float, default=0.05, help="Nystrom damping")

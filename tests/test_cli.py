@@ -214,7 +214,7 @@ def test_bad_column_names_the_available_ones(tmp_path, capsys):
     (["fit", "{data}", "--crop", "5:5,:,:"], "selects no voxel"),
     (["fit", "{data}", "--crop", "0:3,:,:"], "at least 4 voxels"),
     (["fit", "{data}", "--mask", "{data}", "--crop", ":,:,:"], "`mask` has no True voxel"),
-    (["fit", "{data}", "--chains", "0"], "--chains must be a positive"),
+    (["fit", "{data}", "--chains", "0"], "`--chains` must be a positive"),
     (["fit", "{data}", "--spacing", "1", "2"], "--spacing takes 1 or 3"),
     (["report", "{tmp}"], "not a run directory"),
 ])

@@ -1,7 +1,7 @@
 """Smoke test: both hypergradient benchmark scripts run end to end in --quick mode.
 
 The two scripts run side by side (one process each, single-threaded XLA), with
---no-append so that reports/benchmarks.md is left alone.
+--no-append so that reports/benchmark-log.md is left alone.
 """
 
 import subprocess
@@ -16,7 +16,7 @@ SCRIPTS = ("hypergrad_solvers.py", "weight_decay_bilevel.py")
 
 def test_hypergrad_benchmarks_quick():
     env = fast_compile_env()
-    report = ROOT / "reports" / "benchmarks.md"
+    report = ROOT / "reports" / "benchmark-log.md"
     before = report.read_text() if report.exists() else None
     procs = [
         subprocess.Popen(

@@ -41,7 +41,7 @@ def test_recovers_strongly_rotated_truth(rotated_fit, field):
 
 
 def test_canonical_draws_concentrate_in_one_mode(rotated_fit):
-    axes = rotated_fit._draws("axes")  # (S, 3, 3), columns = principal directions
+    axes = rotated_fit.axes_draws()  # (S, 3, 3), columns = principal directions
     shortest = axes[:, :, 2]
     ref = shortest[0]
     ang = np.asarray(so3.axial_angle(shortest, ref))
@@ -183,6 +183,13 @@ def test_bad_option_errors():
         inference.fit(X, y, num_chains=0, progress=False)
     with pytest.raises(ValueError, match="priors"):
         inference.fit(X, y, priors={"lengthscale_mean": 1.0}, progress=False)
+    with pytest.raises(ValueError, match="`parameterization` applies to the rotated kernel "
+                                         "only; kernel='ard'"):
+        inference.fit(X, y, kernel="ard", parameterization="identifiable", progress=False)
+    with pytest.raises(ValueError, match="`parameterization` must be one of"):
+        inference.fit(X, y, parameterization="quaternion", progress=False)
+    with pytest.raises(ValueError, match="`num_samples` must be a positive integer; got 2.5"):
+        inference.fit(X, y, num_samples=2.5, progress=False)
 
 
 def test_lowrank_fit_runs_and_predicts(field):

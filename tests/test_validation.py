@@ -187,6 +187,41 @@ def test_base_name():
             check.base_name(bad)
 
 
+def test_integer_one_of_tolerance_and_traced_values():
+    import math
+
+    assert check.positive_int(np.int64(3), "n") == 3 and check.positive_int(4.0, "n") == 4
+    for bad in (0, -1, 2.5, True, "3", None, math.nan, math.inf, np.array([2])):
+        with pytest.raises(ValueError, match=r"`n` must be a positive integer; got "):
+            check.positive_int(bad, "n")
+    assert check.integer(0, "k", minimum=0) == 0
+    with pytest.raises(ValueError, match=r"`k` must be a non-negative integer; got -1"):
+        check.integer(-1, "k", minimum=0)
+    with pytest.raises(ValueError, match=r"`m` must be an integer in \[1, 5\]; got 6"):
+        check.integer(6, "m", maximum=5)
+    with pytest.raises(ValueError, match=r"`bins` must be an integer >= 2; got 1"):
+        check.integer(1, "bins", minimum=2)
+    assert check.one_of("hann", ("hann", "tukey"), "taper") == "hann"
+    for bad in ("Hann", np.ones(3), ["hann"], None):
+        with pytest.raises(ValueError, match=r"`taper` must be one of \('hann', 'tukey'\)"):
+            check.one_of(bad, ("hann", "tukey"), "taper")
+    assert check.tolerance(1e-6) == 1e-6
+    for bad in (0.0, 1.0, -1e-3, math.nan):
+        with pytest.raises(ValueError, match="`tol`"):
+            check.tolerance(bad)
+    seen = []
+
+    @jax.jit
+    def f(x):
+        seen.append((check.is_traced(x), check.is_traced({"a": 1.0}),
+                     check.violated(lambda: x > 0)))
+        return check.tolerance(x)
+
+    f(0.5)
+    assert seen == [(True, False, False)]
+    assert check.violated(lambda: jnp.asarray(2.0) > 1.0)
+
+
 # --------------------------------------------------------------------------- #
 # jittered Cholesky (aniso_gp.linalg.dense)
 # --------------------------------------------------------------------------- #

@@ -41,8 +41,6 @@ import numpy as np
 
 from aniso_gp import _validation as check
 
-jax.config.update("jax_enable_x64", True)
-
 _AXES = (-3, -2, -1)
 
 

@@ -27,10 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
+from aniso_gp import _validation as check
 from aniso_gp.linalg import dense
 from aniso_gp.linalg.operators import matmul
-
-jax.config.update("jax_enable_x64", True)
 
 KernelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 LANDMARK_METHODS = ("uniform", "kmeans++", "rpcholesky")
@@ -67,7 +66,7 @@ def _jittered_cholesky_jvp(primals, tangents):
 # Input checks
 # --------------------------------------------------------------------------- #
 def _points(Z, name: str) -> jnp.ndarray:
-    if isinstance(Z, jax.core.Tracer):
+    if check.is_traced(Z):
         return Z
     arr = np.asarray(Z.to_numpy() if hasattr(Z, "to_numpy") else Z, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] < 1:
@@ -78,15 +77,14 @@ def _points(Z, name: str) -> jnp.ndarray:
 
 
 def _num_landmarks(m, n: int) -> int:
-    if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
-        raise ValueError(f"`m` must be a positive integer; got {m!r}")
+    m = check.positive_int(m, "m")
     if m > n:
         raise ValueError(f"`m` = {m} landmarks exceeds the number of points N = {n}")
     return int(m)
 
 
 def _landmark_indices(idx, n: int) -> jnp.ndarray:
-    if isinstance(idx, jax.core.Tracer):
+    if check.is_traced(idx):
         return idx
     arr = np.asarray(idx)
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
@@ -196,8 +194,7 @@ def select_landmarks(
     """
     Z = _points(Z, "Z")
     m = _num_landmarks(m, Z.shape[0])
-    if method not in LANDMARK_METHODS:
-        raise ValueError(f"`method` must be one of {LANDMARK_METHODS}; got {method!r}")
+    check.one_of(method, LANDMARK_METHODS, "method")
     if method == "uniform":
         idx = np.random.default_rng(seed).choice(Z.shape[0], size=m, replace=False)
     elif method == "kmeans++":
@@ -287,10 +284,7 @@ def randomized_nystrom(
     Returns:
         ``(U, lam)``: ``U`` (n, r) orthonormal columns, ``lam`` (r,) >= 0 sorted descending.
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"`n` must be a positive integer; got {n!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 1:
-        raise ValueError(f"`rank` must be a positive integer; got {rank!r}")
+    n, rank = check.positive_int(n, "n"), check.positive_int(rank, "rank")
     if rank > n:
         raise ValueError(f"`rank` = {rank} exceeds the dimension n = {n}")
     omega = _orthonormal_sketch(key, n, rank)

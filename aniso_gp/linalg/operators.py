@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-jax.config.update("jax_enable_x64", True)
+from aniso_gp import _validation as check
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -93,24 +93,8 @@ def _left_matmul_bwd(res, G):
 left_matmul.defvjp(_left_matmul_fwd, _left_matmul_bwd)
 
 
-def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _violated(flag_fn) -> bool:
-    """``bool(flag_fn())``, or False when it cannot be decided (inside a trace).
-
-    Under ``jit`` even constants closed over become traced once an operation
-    touches them, so value checks only run eagerly; shapes are always checked.
-    """
-    try:
-        return bool(flag_fn())
-    except jax.errors.ConcretizationTypeError:
-        return False
-
-
 def _as_float(x, name: str) -> jnp.ndarray:
-    if not _concrete(x):
+    if check.is_traced(x):
         return x
     if not isinstance(x, jax.Array):  # NumPy, pandas, lists: coerce once on the host
         try:
@@ -119,7 +103,7 @@ def _as_float(x, name: str) -> jnp.ndarray:
             raise ValueError(f"`{name}` must be a numeric array; got {type(x).__name__}") from err
     # A device array stays on the device: only the finiteness flag comes back.
     arr = jnp.asarray(x, dtype=jnp.float64)
-    if _violated(lambda: ~jnp.all(jnp.isfinite(arr))):
+    if check.violated(lambda: ~jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"`{name}` contains NaN or infinite values")
     return arr
 
@@ -159,7 +143,7 @@ class LowRankPlusDiagonal(eqx.Module):
             raise ValueError(
                 f"`d` must have shape ({U.shape[0]},) to match `U` {U.shape}; got {d.shape}"
             )
-        if _concrete(d) and _violated(lambda: jnp.any(d <= 0)):
+        if not check.is_traced(d) and check.violated(lambda: jnp.any(d <= 0)):
             raise ValueError(
                 f"`d` must be strictly positive; got minimum {float(jnp.min(d)):.3g}"
                 f" ({int(jnp.sum(d <= 0))} entries <= 0)"
@@ -286,15 +270,15 @@ class EigenLowRankPlusShift(eqx.Module):
             raise ValueError(f"`lam` must have shape ({U.shape[1]},) to match `U`; got {lam.shape}")
         if jnp.ndim(shift) != 0:
             raise ValueError(f"`shift` must be a scalar; got shape {jnp.shape(shift)}")
-        if _concrete(lam) and _violated(lambda: jnp.any(lam < 0)):
+        if not check.is_traced(lam) and check.violated(lambda: jnp.any(lam < 0)):
             raise ValueError(f"`lam` must be non-negative; got minimum {float(jnp.min(lam)):.3g}")
-        if _concrete(shift) and _violated(lambda: ~(shift > 0)):
+        if not check.is_traced(shift) and check.violated(lambda: ~(shift > 0)):
             raise ValueError(f"`shift` must be strictly positive; got {float(shift):.3g}")
-        if _concrete(U) and U.shape[1] > 0:
+        if not check.is_traced(U) and U.shape[1] > 0:
             # U^T U = I implies U^T (U g) = g for every g: an O(N m) probe instead of O(N m^2).
             g = np.random.default_rng(0).standard_normal((U.shape[1], 2))
             err = jnp.max(jnp.abs(matmul(U.T, matmul(U, g)) - g)) / np.max(np.abs(g))
-            if _violated(lambda: err > 1e-8):
+            if check.violated(lambda: err > 1e-8):
                 raise ValueError(
                     f"`U` must have orthonormal columns (U^T U = I); probe error {float(err):.2e}"
                 )

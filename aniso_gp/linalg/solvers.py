@@ -35,9 +35,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from aniso_gp.linalg.operators import _violated, matmul
-
-jax.config.update("jax_enable_x64", True)
+from aniso_gp import _validation as check
+from aniso_gp.linalg.operators import matmul
 
 Matvec = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -66,18 +65,6 @@ def _check_b(b) -> jnp.ndarray:
     if b.ndim != 1:
         raise ValueError(f"`b` must be a 1-D array (n,); got shape {b.shape}")
     return b
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; got {value!r}")
-    return int(value)
-
-
-def _check_tol(tol) -> float:
-    if _violated(lambda: ~((jnp.asarray(tol) > 0) & (jnp.asarray(tol) < 1))):
-        raise ValueError(f"`tol` must be in (0, 1); got {tol!r}")
-    return tol
 
 
 def _info(matvec, rhs, x, iterations, tol) -> SolveInfo:
@@ -167,8 +154,8 @@ def pcg(
         ``(x, info)``: ``x`` (n,) and a :class:`SolveInfo`.
     """
     b = _check_b(b)
-    tol = _check_tol(tol)
-    maxiter = 10 * b.shape[0] if maxiter is None else _check_positive_int(maxiter, "maxiter")
+    tol = check.tolerance(tol)
+    maxiter = 10 * b.shape[0] if maxiter is None else check.positive_int(maxiter, "maxiter")
     if x0 is not None:
         x0 = jax.lax.stop_gradient(jnp.asarray(x0, dtype=b.dtype))
         if x0.shape != b.shape:
@@ -219,8 +206,8 @@ def preconditioned_neumann(
             always runs ``steps`` terms.
     """
     b = _check_b(b)
-    steps = _check_positive_int(steps, "steps")
-    if _violated(lambda: ~(jnp.asarray(lr) > 0)):
+    steps = check.positive_int(steps, "steps")
+    if check.violated(lambda: ~(jnp.asarray(lr) > 0)):
         raise ValueError(f"`lr` must be strictly positive; got {lr!r}")
 
     def solve(mv, rhs):
@@ -263,9 +250,9 @@ def nystrom_preconditioner(U, lam, mu) -> Matvec:
         raise ValueError(f"`U` must be a 2-D (n, k) array; got shape {U.shape}")
     if lam.shape != (U.shape[1],):
         raise ValueError(f"`lam` must have shape ({U.shape[1]},) to match `U`; got {lam.shape}")
-    if _violated(lambda: ~(jnp.asarray(mu) > 0)):
+    if check.violated(lambda: ~(jnp.asarray(mu) > 0)):
         raise ValueError(f"`mu` must be strictly positive; got {mu!r}")
-    if _violated(lambda: jnp.any(lam < 0)):
+    if check.violated(lambda: jnp.any(lam < 0)):
         raise ValueError("`lam` must be non-negative")
     # The minimum equals lam[-1] for sorted input and is robust to ties/order.
     scale = (jnp.min(lam) + mu) / (lam + mu)

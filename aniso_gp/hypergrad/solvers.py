@@ -1,0 +1,631 @@
+r"""iHVP solver values (``u ~ H^{-1} b``), spectral reuse, Nystrom factors and
+:func:`solve_ihvp` (the package docstring has the maths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_solve
+
+from aniso_gp import _validation as check
+from aniso_gp import kernels
+from aniso_gp.linalg import dense, nystrom, solvers
+from aniso_gp.linalg.operators import EigenLowRankPlusShift, matmul
+
+#: ``solver="auto"`` uses a dense Cholesky up to this dimension and Nystrom-PCG
+#: above. ``benchmarks/hypergrad_solvers.py`` on a 2-core CPU: at n = 5,000 one
+#: dense factorisation (7 s, which serves both the inner solve and the iHVP) costs
+#: about one Nystrom-PCG solve to 1e-8 (~270 HVPs of ~25 ms); on an H100 a
+#: float64 Cholesky takes 5 ms at n = 5,000 and 74 ms at n = 20,000, so the
+#: threshold is per platform.
+AUTO_DENSE_MAX = {"cpu": 5000, "gpu": 20000}
+#: Rank, iteration cap and tolerance of the Nystrom-PCG that ``"auto"`` picks.
+AUTO_RANK = 200
+AUTO_MAXITER = 2000
+AUTO_TOL = 1e-10
+
+
+# --------------------------------------------------------------------------- #
+# Solver values
+# --------------------------------------------------------------------------- #
+_SKETCHES = ("coordinates", "gaussian", "kernel")
+
+
+def _sketch_name(value) -> str:
+    return check.one_of(value, _SKETCHES, "sketch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact:
+    """Dense Cholesky of ``H`` (formed from ``n`` HVPs unless the matrix is given)."""
+
+    name: ClassVar[str] = "exact"
+
+
+@dataclasses.dataclass(frozen=True)
+class CG:
+    """Conjugate gradients: stop at ``|b - H u| <= tol |b|`` or ``maxiter`` iterations."""
+
+    maxiter: int = 1000
+    tol: float = 1e-10
+    name: ClassVar[str] = "cg"
+
+    def __post_init__(self):
+        object.__setattr__(self, "maxiter", check.positive_int(self.maxiter, "maxiter"))
+        object.__setattr__(self, "tol", check.tolerance(self.tol))
+
+
+@dataclasses.dataclass(frozen=True)
+class Neumann:
+    r"""Truncated Neumann series ``u = lr sum_{t<steps} (I - lr H)^t b``.
+
+    Converges for ``0 < lr < 2/lambda_max(H)``; truncated at ``T`` terms it
+    acts like an extra damping of about ``1/(lr T)`` on the small eigenvalues.
+    """
+
+    steps: int
+    lr: float
+    name: ClassVar[str] = "neumann"
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", check.positive_int(self.steps, "steps"))
+        object.__setattr__(self, "lr", check.positive_scalar(self.lr, "lr"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Nystrom:
+    r"""Hataya & Yamada's damped Nystrom-Woodbury iHVP ``(H_k + rho I)^{-1} b``.
+
+    Args:
+        rank: sketch size ``k`` (HVPs), at most the dimension.
+        rho: damping ``> 0``; the result is biased by it (see module docstring).
+        sketch: ``"coordinates"`` (``k`` random columns of ``H``, the paper's
+            choice), ``"gaussian"`` (same cost, better on coherent spectra) or
+            ``"kernel"`` (GP systems ``K + s^2 I`` only: randomly pivoted Cholesky
+            on ``k`` kernel columns, no HVPs; :func:`kernel_nystrom`).
+        seed: seed of the random sketch.
+    """
+
+    rank: int
+    rho: float
+    sketch: str = "coordinates"
+    seed: int = 0
+    name: ClassVar[str] = "nystrom"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rank", check.positive_int(self.rank, "rank"))
+        object.__setattr__(self, "rho", check.positive_scalar(self.rho, "rho"))
+        object.__setattr__(self, "sketch", _sketch_name(self.sketch))
+
+
+@dataclasses.dataclass(frozen=True)
+class NystromPCG:
+    r"""CG preconditioned by a rank-``k`` Nystrom factor of ``H`` (Frangella, Tropp & Udell).
+
+    ``P^{-1} = (lam_k + mu) U (Lam + mu I)^{-1} U^T + (I - U U^T)``; when
+    ``H = A + mu I`` with a known shift ``mu`` (``K + s^2 I``) the sketch is of
+    ``A``. Unbiased: it converges to ``tol`` like CG, in far fewer iterations
+    once ``rank`` exceeds the effective dimension. ``sketch`` as for
+    :class:`Nystrom`; ``"kernel"`` costs ``k`` kernel columns instead of ``k``
+    HVPs, which for a kernel matrix is ``k / N`` of the work.
+    """
+
+    rank: int
+    maxiter: int = 1000
+    tol: float = 1e-10
+    sketch: str = "gaussian"
+    seed: int = 0
+    name: ClassVar[str] = "nystrom_pcg"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rank", check.positive_int(self.rank, "rank"))
+        object.__setattr__(self, "maxiter", check.positive_int(self.maxiter, "maxiter"))
+        object.__setattr__(self, "tol", check.tolerance(self.tol))
+        object.__setattr__(self, "sketch", _sketch_name(self.sketch))
+
+
+class IHVPInfo(NamedTuple):
+    """What one iHVP cost and how good it is.
+
+    Attributes:
+        matvecs: Hessian-vector products spent (sketch, iterations, residual check).
+        residual_norm: ``|b - H u| / |b|`` of the returned ``u`` (0 for ``b = 0``).
+        iterations: CG iterations or Neumann terms (0 for direct methods).
+    """
+
+    matvecs: jnp.ndarray
+    residual_norm: jnp.ndarray
+    iterations: jnp.ndarray
+
+    def as_dict(self) -> dict:
+        """Plain Python numbers (eager use)."""
+        return {
+            "matvecs": int(self.matvecs),
+            "residual_norm": float(self.residual_norm),
+            "iterations": int(self.iterations),
+        }
+
+
+def _info(matvecs, residual, iterations=0) -> IHVPInfo:
+    return IHVPInfo(
+        jnp.asarray(matvecs, jnp.int32),
+        jnp.asarray(residual, jnp.float64),
+        jnp.asarray(iterations, jnp.int32),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Spectral reuse
+# --------------------------------------------------------------------------- #
+class ReuseState(NamedTuple):
+    """Carried between outer steps by :class:`SpectralReuse` (a pytree).
+
+    Attributes:
+        basis: (n, k) orthonormal Nystrom basis ``Q``.
+        eigenvalues: (k,) current eigenvalue estimates of the sketched operator on ``Q``.
+        initialized: bool, whether ``basis`` holds a sketch yet.
+        steps: number of preconditioner updates so far.
+        refreshes: how many of them re-sketched.
+        matvecs_saved: cumulative HVPs saved against re-sketching every step.
+        staleness: last drift ``sqrt(max(s^2 - s_ref^2, 0))`` (inf before the first sketch).
+        reference: ``s_ref``, the raw eigen-residual ``s`` first measured after the
+            last refresh (NaN until then).
+    """
+
+    basis: jnp.ndarray
+    eigenvalues: jnp.ndarray
+    initialized: jnp.ndarray
+    steps: jnp.ndarray
+    refreshes: jnp.ndarray
+    matvecs_saved: jnp.ndarray
+    staleness: jnp.ndarray
+    reference: jnp.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralReuse:
+    r"""Nystrom-PCG whose basis is reused across outer steps (see module docstring).
+
+    Args:
+        rank: basis size ``k``.
+        tau: staleness threshold; re-sketch when the drift ``sqrt(s^2 - s_ref^2) > tau``.
+        probes: Rademacher probes ``p >= 2`` per step, or ``None`` for the exact
+            ``B = Q^T A Q`` (``k`` HVPs per step, which also serve a refresh).
+        maxiter, tol: of the preconditioned CG.
+        sketch: sketch of a refresh, ``"gaussian"`` or ``"coordinates"``.
+        seed: seed of sketches and probes (folded with the step counter).
+
+    Usage (a functional object: the state is explicit)::
+
+        reuse = SpectralReuse(rank=100)
+        state = reuse.init(n)
+        for step in ...:
+            u, info, state = reuse.solve(state, hvp, b, key=jax.random.PRNGKey(step))
+    """
+
+    rank: int
+    tau: float = 0.15
+    probes: int | None = 8
+    maxiter: int = 1000
+    tol: float = 1e-10
+    sketch: str = "gaussian"
+    seed: int = 0
+    name: ClassVar[str] = "spectral_reuse"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rank", check.positive_int(self.rank, "rank"))
+        object.__setattr__(self, "tau", check.positive_scalar(self.tau, "tau"))
+        if self.probes is not None:
+            p = check.positive_int(self.probes, "probes")
+            if p < 2:
+                raise ValueError(f"`probes` must be >= 2 (or None for exact); got {p}")
+            object.__setattr__(self, "probes", p)
+        object.__setattr__(self, "maxiter", check.positive_int(self.maxiter, "maxiter"))
+        object.__setattr__(self, "tol", check.tolerance(self.tol))
+        object.__setattr__(self, "sketch", _sketch_name(self.sketch))
+
+    def init(self, n: int) -> ReuseState:
+        """An empty state for dimension ``n`` (the first update sketches)."""
+        _check_rank(self.rank, n)
+        f64 = jnp.float64
+        return ReuseState(
+            basis=jnp.zeros((n, self.rank), f64),
+            eigenvalues=jnp.zeros((self.rank,), f64),
+            initialized=jnp.asarray(False),
+            steps=jnp.asarray(0, jnp.int32),
+            refreshes=jnp.asarray(0, jnp.int32),
+            matvecs_saved=jnp.asarray(0, jnp.int32),
+            staleness=jnp.asarray(jnp.inf, f64),
+            reference=jnp.asarray(jnp.nan, f64),
+        )
+
+    def update(self, state: ReuseState, matvec, *, shift=0.0, key=None):
+        """Correct or refresh the basis for the current operator ``H = A + shift I``.
+
+        Returns:
+            ``(state, precond, matvecs)``: the new state, ``v -> P^{-1} v`` and the
+            HVPs this maintenance cost.
+        """
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.steps) if key is None else key
+        return _reuse_update(self, state, matvec, shift, key)
+
+    def solve(self, state: ReuseState, matvec, b, *, shift=0.0, x0=None, key=None):
+        """``u ~ H^{-1} b`` by PCG with the maintained preconditioner: ``(u, info, state)``."""
+        state, precond, spent = self.update(state, matvec, shift=shift, key=key)
+        u, info = _pcg(matvec, b, precond, self.tol, self.maxiter, x0)
+        return u, info._replace(matvecs=info.matvecs + spent), state
+
+
+Solver = Exact | CG | Neumann | Nystrom | NystromPCG | SpectralReuse
+_SOLVER_TYPES = (Exact, CG, Neumann, Nystrom, NystromPCG, SpectralReuse)
+
+
+def _on_gpu() -> bool:
+    return jax.default_backend() in ("gpu", "cuda", "rocm")
+
+
+def resolve_solver(solver, n: int):
+    """The solver value that ``solver`` means at dimension ``n`` (resolves ``"auto"``)."""
+    if isinstance(solver, str):
+        if solver != "auto":
+            raise ValueError(
+                f"`solver` must be 'auto' or a solver value (Exact(), CG(...), Neumann(...),"
+                f" Nystrom(...), NystromPCG(...), SpectralReuse(...)); got {solver!r}"
+            )
+        limit = AUTO_DENSE_MAX["gpu" if _on_gpu() else "cpu"]
+        if n <= limit:
+            return Exact()
+        return NystromPCG(rank=min(AUTO_RANK, n - 1), maxiter=AUTO_MAXITER, tol=AUTO_TOL)
+    if not isinstance(solver, _SOLVER_TYPES):
+        raise ValueError(f"`solver` must be 'auto' or a solver value; got {type(solver).__name__}")
+    return solver
+
+
+def _check_rank(rank: int, n: int) -> None:
+    if rank > n:
+        raise ValueError(
+            f"`rank`={rank} exceeds the dimension of the inner problem n={n}: a Nystrom"
+            f" sketch has at most n columns (use rank <= {n})"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Error reporting that works both eagerly and under jit
+# --------------------------------------------------------------------------- #
+def _all_finite(x) -> jnp.ndarray:
+    leaves = jax.tree_util.tree_leaves(x)
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _require(x, ok, message: str):
+    """Raise ``ValueError(message)`` eagerly, or a runtime error under ``jit``, unless ``ok``."""
+    if not check.is_traced(ok):
+        if not bool(ok):
+            raise ValueError(message)
+        return x
+    return eqx.error_if(x, ~ok, message)
+
+
+def _nonfinite_hvp_message(where: str) -> str:
+    return (
+        f"non-finite Hessian-vector products in {where}: H v returned NaN or inf (the inner"
+        " loss is not twice differentiable at w_star, or w_star/h hold NaN or inf), or the"
+        " sketched operator is not positive semi-definite (w_star is not a minimum)"
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Nystrom factors
+# --------------------------------------------------------------------------- #
+def _norm(v):
+    return jnp.sqrt(jnp.sum(v * v))
+
+
+def _relative_residual(b, Hx):
+    bn = _norm(b)
+    return jnp.where(bn > 0, _norm(b - Hx) / jnp.where(bn > 0, bn, 1.0), 0.0)
+
+
+def _apply_columns(matvec, V):
+    """``H V`` for ``V`` (n, k) as k HVPs (vmapped: one batched pass)."""
+    return jax.vmap(matvec, in_axes=1, out_axes=1)(V)
+
+
+def _nystrom_from_sketch(Y, M):
+    r"""Stable eigen-form ``H_k = U diag(lam) U^T`` from ``Y = H Omega`` (n, k), ``M = Omega^T Y``.
+
+    ``M = V sigma V^T``; directions with ``sigma <= k eps sigma_max`` (or negative,
+    from round-off) are dropped, ``F = Y V sigma^{-1/2}`` and ``F = U S Z^T``
+    (thin SVD) give ``lam = S^2``. Returns ``U`` (n, k) orthonormal and ``lam``
+    (k,) >= 0 sorted descending (dropped directions have ``lam = 0``).
+    """
+    k = M.shape[0]
+    sigma, V = jnp.linalg.eigh(0.5 * (M + M.T))
+    cutoff = k * jnp.finfo(M.dtype).eps * jnp.maximum(sigma[-1], 0.0)
+    keep = sigma > cutoff
+    inv_sqrt = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, sigma, 1.0)), 0.0)
+    F = matmul(Y, V * inv_sqrt)
+    U, S, _ = jnp.linalg.svd(F, full_matrices=False)
+    return U, S * S
+
+
+def _sketch(matvec, n: int, rank: int, kind: str, key):
+    """Rank-``rank`` Nystrom eigen-factor ``(U, lam)`` of the operator; ``rank`` HVPs."""
+    if kind == "coordinates":
+        idx = jax.random.choice(key, n, (rank,), replace=False)
+        Omega = jax.nn.one_hot(idx, n, dtype=jnp.float64).T  # (n, k) coordinate columns
+        Y = _apply_columns(matvec, Omega)
+        M = Y[idx, :]
+        U, lam = _nystrom_from_sketch(Y, M)
+        return U, lam, _all_finite(Y)
+    # The Gaussian sketch is the linalg core's (Frangella, Tropp & Udell); NaN
+    # products propagate into its factor, which is what the finiteness flag sees.
+    U, lam = nystrom.randomized_nystrom(matvec, n, rank, key)
+    return U, lam, _all_finite((U, lam))
+
+
+def kernel_nystrom(X, params: dict, base: str, rank: int, key):
+    r"""Nystrom eigen-factor ``(U, lam)`` of the kernel matrix ``K(X, X) ~ U diag(lam) U^T``.
+
+    Randomly pivoted Cholesky (:func:`aniso_gp.linalg.nystrom.rpcholesky`) on the
+    transformed inputs gives ``F`` (N, k) from ``k`` kernel columns; the thin SVD
+    ``F = U S V^T`` gives ``lam = S^2``. O(N k) kernel evaluations and O(N k^2)
+    flops, against ``k`` HVPs (O(N^2 k)) for a sketch of the operator. The
+    preconditioner of :class:`NystromPCG` with ``sketch="kernel"``.
+    """
+    A = kernels.transform_matrix(params)
+    variance = params.get("variance", 1.0)
+
+    def kernel_fn(Z1, Z2):
+        return kernels.gram_transformed(Z1, Z2, variance, base)
+
+    F, _ = nystrom.rpcholesky(X @ A, rank, key, kernel_fn)
+    U, S, _ = jnp.linalg.svd(F, full_matrices=False)
+    return U, S * S
+
+
+def hessian_nystrom(matvec, n: int, rank: int, *, sketch: str = "coordinates", key=None):
+    r"""Rank-``rank`` Nystrom approximation ``H_k = U diag(lam) U^T`` of a PSD operator.
+
+    Args:
+        matvec: ``v -> H v`` on (n,) arrays, ``H`` symmetric positive semi-definite.
+        n: dimension.
+        rank: sketch size ``k <= n`` (``k`` HVPs).
+        sketch: ``"coordinates"`` (``k`` distinct random columns) or ``"gaussian"``.
+        key: JAX PRNG key (default ``PRNGKey(0)``).
+
+    Returns:
+        ``(U, lam)``: ``U`` (n, k) orthonormal columns, ``lam`` (k,) >= 0 descending.
+    """
+    _check_rank(check.positive_int(rank, "rank"), n)
+    key = jax.random.PRNGKey(0) if key is None else key
+    U, lam, ok = _sketch(matvec, n, rank, _sketch_name(sketch), key)
+    U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
+    return U, lam
+
+
+def _preconditioner(U, lam, shift):
+    """Nystrom preconditioner from ``linalg.solvers``; a small floor stands in for a zero shift."""
+    mu = jnp.where(shift > 0, shift, 1e-12 * jnp.max(lam) + jnp.finfo(jnp.float64).tiny)
+    return solvers.nystrom_preconditioner(U, jnp.maximum(lam, 0.0), mu)
+
+
+def _pcg(matvec, b, precond, tol, maxiter, x0):
+    if precond is None:
+        x, si = solvers.cg(matvec, b, tol=tol, maxiter=maxiter, x0=x0)
+    else:
+        x, si = solvers.pcg(matvec, b, precond, tol=tol, maxiter=maxiter, x0=x0)
+    spent = si.iterations + 1 + (0 if x0 is None else 1)
+    return x, _info(spent, si.residual_norm, si.iterations)
+
+
+def _shifted_out(matvec, shift):
+    """``v -> H v - shift v``: the part ``A`` of ``H = A + shift I`` that a sketch should see."""
+    return lambda v: matvec(v) - shift * v
+
+
+def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
+    n, k = state.basis.shape
+    A = _shifted_out(matvec, shift)
+    probe_key, sketch_key = jax.random.split(key)
+    Q, lam_old = state.basis, state.eigenvalues
+
+    exact = cfg.probes is None
+
+    def measure(_):
+        if exact:
+            Y = _apply_columns(A, Q)  # (n, k) = A Q
+            B = matmul(Q.T, Y)
+            d = jnp.diagonal(B)
+            inside = jnp.sum(B * B) - jnp.sum(d * d)
+            outside = jnp.sum((Y - matmul(Q, B)) ** 2)
+            lam = jnp.maximum(d, 0.0)
+        else:
+            p = cfg.probes
+            Z = jax.random.rademacher(probe_key, (k, p), dtype=jnp.float64)
+            Y = _apply_columns(A, matmul(Q, Z))  # (n, p) = A Q Z
+            BZ = matmul(Q.T, Y)  # (k, p) = B Z
+            d = jnp.mean(Z * BZ, axis=1)  # Hutchinson diagonal: E[z_i (Bz)_i] = B_ii
+            # Fitting d on the same probes absorbs ~1/p of the off-diagonal energy.
+            inside = jnp.sum((BZ - d[:, None] * Z) ** 2) / (1.0 - 1.0 / p)
+            outside = jnp.sum((Y - matmul(Q, BZ)) ** 2)
+            # One noisy Rayleigh quotient may move an eigenvalue by at most 2x per
+            # step; a larger change shows up in the staleness and triggers a refresh.
+            lam = jnp.clip(d, 0.5 * lam_old, 2.0 * lam_old)
+        total = jnp.sum(Y * Y)
+        stale = jnp.sqrt((inside + outside) / jnp.where(total > 0, total, 1.0))
+        stale = jnp.where(_all_finite(Y), stale, jnp.nan)
+        # The exact mode's A Q is also the test-matrix product of a warm refresh.
+        return lam, stale, (Y if exact else None)
+
+    def skip(_):
+        return lam_old, jnp.asarray(jnp.inf), (jnp.zeros_like(Q) if exact else None)
+
+    lam_new, raw, AQ = jax.lax.cond(state.initialized, measure, skip, None)
+    # A fresh sketch is not an exact eigenbasis (s > 0 from the start, large for
+    # flat spectra): what the criterion must see is the drift since the refresh.
+    reference = jnp.where(jnp.isnan(state.reference), raw, state.reference)
+    drift = jnp.sqrt(jnp.maximum(raw * raw - reference * reference, 0.0))
+    stale = jnp.where(jnp.isnan(raw), jnp.nan, jnp.where(state.initialized, drift, jnp.inf))
+    refresh = ~(stale <= cfg.tau)  # also when NaN or before the first sketch
+
+    def fresh(_):
+        def cold(_):
+            return _sketch(A, n, k, cfg.sketch, sketch_key)
+
+        def warm(_):
+            # Re-sketch with the old basis as the test matrix: one step of subspace
+            # iteration, far closer to the new top eigenspace than a Gaussian sketch.
+            Y = AQ if exact else _apply_columns(A, Q)
+            U, lam = _nystrom_from_sketch(Y, matmul(Q.T, Y))
+            return U, lam, _all_finite(Y)
+
+        return jax.lax.cond(state.initialized, warm, cold, None)
+
+    def keep(_):
+        return Q, lam_new, jnp.asarray(True)
+
+    Q_new, lam_new, ok = jax.lax.cond(refresh, fresh, keep, None)
+    probe_cost = k if exact else cfg.probes
+    refresh_cost = jnp.where(exact & state.initialized, 0, k)  # exact mode reuses its A Q
+    spent = jnp.where(state.initialized, probe_cost, 0) + jnp.where(refresh, refresh_cost, 0)
+    Q_new = _require(Q_new, ok & ~jnp.isnan(stale), _nonfinite_hvp_message("spectral reuse"))
+    new_state = ReuseState(
+        basis=Q_new,
+        eigenvalues=lam_new,
+        initialized=jnp.asarray(True),
+        steps=state.steps + 1,
+        refreshes=state.refreshes + refresh.astype(jnp.int32),
+        matvecs_saved=state.matvecs_saved + (k - spent).astype(jnp.int32),
+        staleness=stale,
+        reference=jnp.where(refresh, jnp.nan, reference),
+    )
+    return new_state, _preconditioner(Q_new, lam_new, shift), spent.astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------- #
+# The iHVP dispatcher
+# --------------------------------------------------------------------------- #
+def _dense_solve(Hmat, b, spent):
+    Hs = 0.5 * (Hmat + Hmat.T)
+    L, _ = dense.cholesky(Hs)
+    x = cho_solve((L, True), b)
+    ok = _all_finite(L)
+    return x, _info(spent, _relative_residual(b, matmul(Hs, x))), ok
+
+
+def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, state=None,
+               factor=None):
+    r"""Inverse Hessian-vector product ``u ~ H^{-1} b`` with the chosen solver.
+
+    Args:
+        solver: a solver value or ``"auto"``.
+        matvec: ``v -> H v`` on (n,) arrays, ``H`` symmetric positive definite.
+        b: (n,) right-hand side.
+        shift: known ``mu`` with ``H = A + mu I`` (e.g. the noise variance of
+            ``K + s^2 I``); Nystrom preconditioners then sketch ``A``.
+        matrix: optional dense ``H`` (n, n) for :class:`Exact` (saves n HVPs).
+        x0: warm start for the CG-type solvers.
+        key: PRNG key for sketches (default from the solver's ``seed``).
+        state: a :class:`ReuseState` for :class:`SpectralReuse`.
+        factor: a Nystrom eigen-factor ``(U, lam)`` of ``A`` (``H = A + shift I``)
+            the caller already has, e.g. :func:`kernel_nystrom`; :class:`Nystrom`
+            and :class:`NystromPCG` then skip their sketch. Required for
+            ``sketch="kernel"``.
+
+    Returns:
+        ``(u, info)`` or, when ``state`` is given, ``(u, info, state)``.
+
+    Raises:
+        ValueError: ``rank`` larger than ``n``; non-finite HVPs or a Hessian that is
+            not positive definite (a runtime error naming it under ``jit``).
+    """
+    b = jnp.asarray(b, dtype=jnp.float64)
+    if b.ndim != 1:
+        raise ValueError(f"`b` must be a 1-D array (n,); got shape {b.shape}")
+    n = b.shape[0]
+    solver = resolve_solver(solver, n)
+    seed = getattr(solver, "seed", 0)
+    key = jax.random.PRNGKey(seed) if key is None else key
+    shift = jnp.asarray(shift, dtype=jnp.float64)
+    name = type(solver).__name__
+
+    if isinstance(solver, SpectralReuse):
+        fresh = state is None
+        state = solver.init(n) if fresh else state
+        x, info, state = solver.solve(state, matvec, b, shift=shift, x0=x0, key=key)
+        x = _require(x, _all_finite(x), _nonfinite_solution_message(name))
+        return (x, info) if fresh else (x, info, state)
+    if state is not None:
+        raise ValueError("`state` is only used by SpectralReuse")
+
+    if isinstance(solver, Exact):
+        if matrix is None:
+            matrix = _apply_columns(matvec, jnp.eye(n, dtype=b.dtype))
+            spent = n
+        else:
+            spent = 0
+        matrix = _require(matrix, _all_finite(matrix), _nonfinite_hvp_message("Exact()"))
+        x, info, ok = _dense_solve(matrix, b, spent)
+        x = _require(
+            x,
+            ok,
+            "Exact(): the Hessian is not positive definite (Cholesky failed even with"
+            f" jitter {dense.JITTER_LEVELS[-1]:g} x mean diagonal); w_star may not be a minimum",
+        )
+        return x, info
+    if isinstance(solver, CG):
+        x, info = _pcg(matvec, b, None, solver.tol, solver.maxiter, x0)
+    elif isinstance(solver, Neumann):
+        x, si = solvers.neumann(matvec, b, steps=solver.steps, lr=solver.lr)
+        info = _info(solver.steps + 1, si.residual_norm, si.iterations)
+    elif isinstance(solver, Nystrom):
+        _check_rank(solver.rank, n)
+        # With a known shift (H = A + mu I) only A is sketched and the identity
+        # part is kept exactly: H_k = A_k + mu I; mu = 0 is Hataya & Yamada's case.
+        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, shift, n, key)
+        damping = shift + solver.rho
+        if solver.rank == n:
+            # span(U) is all of R^n: the complement term (b - U U^T b)/rho is
+            # round-off divided by rho, so drop it (it is zero in exact arithmetic).
+            x = matmul(U, matmul(U.T, b) / (lam + damping))
+        else:
+            x = EigenLowRankPlusShift(U, lam, damping).solve(b)
+        info = _info(sketched + 1, _relative_residual(b, matvec(x)))
+    else:  # NystromPCG
+        _check_rank(solver.rank, n)
+        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, shift, n, key)
+        x, info = _pcg(matvec, b, _preconditioner(U, lam, shift), solver.tol, solver.maxiter, x0)
+        info = info._replace(matvecs=info.matvecs + sketched)
+    ok = _all_finite(x) & jnp.isfinite(info.residual_norm)
+    x = _require(x, ok, _nonfinite_solution_message(name))
+    return x, info
+
+
+def _factor_or_sketch(solver, factor, matvec, shift, n: int, key):
+    """``(U, lam, HVPs spent)``: the caller's factor, else a sketch of ``A = H - shift I``."""
+    if factor is not None:
+        U, lam = factor
+        if U.shape != (n, solver.rank) or lam.shape != (solver.rank,):
+            raise ValueError(
+                f"`factor` must be (U (n, rank), lam (rank,)) = ({(n, solver.rank)},"
+                f" {(solver.rank,)}); got {U.shape} and {lam.shape}")
+        return U, lam, 0
+    if solver.sketch == "kernel":
+        raise ValueError("sketch='kernel' reads kernel columns: pass `factor=kernel_nystrom(...)`"
+                         " or use it through optimize_hyperparameters")
+    U, lam, ok = _sketch(_shifted_out(matvec, shift), n, solver.rank, solver.sketch, key)
+    U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
+    return U, lam, solver.rank
+
+
+def _nonfinite_solution_message(name: str) -> str:
+    return (
+        f"{name}: the inverse Hessian-vector product is not finite: the Hessian-vector"
+        " products returned NaN or inf, or the Hessian is singular or indefinite at w_star"
+    )

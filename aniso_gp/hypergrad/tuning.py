@@ -1,0 +1,473 @@
+r"""GP hyperparameters tuned on a validation loss by hypergradients
+(:func:`optimize_hyperparameters`, :func:`validation_hypergradient`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from jax.flatten_util import ravel_pytree
+from jax.scipy.linalg import cho_solve
+
+from aniso_gp import _validation as check
+from aniso_gp import kernels
+from aniso_gp.hypergrad.solvers import (
+    AUTO_DENSE_MAX,
+    AUTO_MAXITER,
+    AUTO_RANK,
+    AUTO_TOL,
+    CG,
+    Exact,
+    Nystrom,
+    NystromPCG,
+    ReuseState,
+    SpectralReuse,
+    _all_finite,
+    _check_rank,
+    _factor_or_sketch,
+    _info,
+    _on_gpu,
+    _pcg,
+    _preconditioner,
+    _relative_residual,
+    _require,
+    kernel_nystrom,
+    resolve_solver,
+    solve_ihvp,
+)
+from aniso_gp.kernels import kernel_apply
+from aniso_gp.linalg import dense
+from aniso_gp.linalg.operators import matmul
+
+#: Above this many training points :func:`optimize_hyperparameters` never forms
+#: ``K`` and applies it in row blocks instead (O(block * N) memory).
+MATRIX_FREE_MIN = 25_000
+_BLOCK = 2048
+
+
+# --------------------------------------------------------------------------- #
+# GP hyperparameter optimisation on a validation loss
+# --------------------------------------------------------------------------- #
+_KERNELS = ("rotated", "ard")
+_OBJECTIVES = ("nlpd", "mse")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gp_params(theta: dict, kernel: str) -> tuple[dict, jnp.ndarray]:
+    """Kernel parameter dict (see :func:`aniso_gp.kernels.gram`) and noise variance from ``theta``.
+
+    ``theta`` is unconstrained: ``log_lengthscales`` (3,), ``axis_angle`` (3,)
+    (rotated only), ``log_signal`` and ``log_noise`` (log standard deviations).
+    """
+    params = {
+        "lengthscales": jnp.exp(theta["log_lengthscales"]),
+        "variance": jnp.exp(2.0 * theta["log_signal"]),
+    }
+    if kernel == "rotated":
+        params["axis_angle"] = theta["axis_angle"]
+    return params, jnp.exp(2.0 * theta["log_noise"])
+
+
+def _standardise(X_train, y_train, X_val, y_val):
+    Xt = check.coordinates(X_train, "X_train", min_points=2)
+    yt = check.values(y_train, Xt.shape[0], "y_train")
+    Xv = check.coordinates(X_val, "X_val")
+    yv = check.values(y_val, Xv.shape[0], "y_val")
+    centre = jnp.mean(Xt, axis=0)
+    y_mean, y_sd = jnp.mean(yt), jnp.std(yt)
+    if not float(y_sd) > 0:
+        raise ValueError("`y_train` is constant: there is nothing to fit")
+    return Xt - centre, (yt - y_mean) / y_sd, Xv - centre, (yv - y_mean) / y_sd, y_mean, y_sd
+
+
+def _initial_theta(Xt, kernel, init, y_sd):
+    if init is None:
+        extent = np.ptp(np.asarray(Xt), axis=0)
+        scale = max(float(np.mean(extent)), 1e-12) / 4.0
+        # Distinct starting length-scales: with equal ones the rotation has zero gradient.
+        ls = scale * np.array([1.25, 1.0, 0.8])
+        theta = {
+            "log_lengthscales": np.log(ls),
+            "log_signal": 0.0,
+            "log_noise": math.log(0.3),
+        }
+        if kernel == "rotated":
+            theta["axis_angle"] = np.zeros(3)
+        return _strong(theta)
+    if not isinstance(init, dict):
+        raise ValueError(
+            "`init` must be a dict of lengthscales, axis_angle, variance, noise_variance"
+        )
+    theta = {
+        "log_lengthscales": jnp.log(check.lengthscales(init["lengthscales"])),
+        "log_signal": 0.5 * jnp.log(check.positive_scalar(init["variance"], "variance") / y_sd**2),
+        "log_noise": 0.5
+        * jnp.log(check.positive_scalar(init["noise_variance"], "noise_variance") / y_sd**2),
+    }
+    if kernel == "rotated":
+        theta["axis_angle"] = check.vector3(init.get("axis_angle", np.zeros(3)), "axis_angle")
+    return _strong(theta)
+
+
+def _strong(tree):
+    # Strongly typed float64 leaves: weakly typed Python scalars would make the
+    # jitted step retrace once the optimiser hands back strongly typed arrays.
+    return jax.tree_util.tree_map(lambda v: jnp.asarray(v, dtype=jnp.float64), tree)
+
+
+def _validation_loss(objective, mu, var, yv):
+    if objective == "mse":
+        return jnp.mean((mu - yv) ** 2)
+    return 0.5 * jnp.mean(_LOG_2PI + jnp.log(var) + (yv - mu) ** 2 / var)
+
+
+class _Plan(NamedTuple):
+    """How one outer step solves with ``H``: ``solve(b, x0) -> (x, info)`` plus its set-up cost."""
+
+    solve: Callable
+    setup_matvecs: jnp.ndarray
+    state: Any
+
+
+def _make_plan(solver, matvec, n, s2, dense_H, key, state, kernel_factor=None):
+    """Factorise / precondition ``H`` once per step for the solves that share it."""
+    if isinstance(solver, Exact):
+        Hs = dense_H()
+        L, _ = dense.cholesky(Hs)
+        L = _require(L, _all_finite(L), "Exact(): K + s^2 I is not positive definite")
+
+        def solve(b, x0=None):
+            x = cho_solve((L, True), b)
+            return x, _info(0, _relative_residual(b, matmul(Hs, x)))
+
+        return _Plan(solve, jnp.asarray(0, jnp.int32), state)
+    if isinstance(solver, CG):
+        return _Plan(
+            lambda b, x0=None: _pcg(matvec, b, None, solver.tol, solver.maxiter, x0),
+            jnp.asarray(0, jnp.int32),
+            state,
+        )
+    if isinstance(solver, NystromPCG):
+        _check_rank(solver.rank, n)
+        factor = kernel_factor(solver.rank, key) if solver.sketch == "kernel" else None
+        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, s2, n, key)
+        P = _preconditioner(U, lam, s2)
+        return _Plan(
+            lambda b, x0=None: _pcg(matvec, b, P, solver.tol, solver.maxiter, x0),
+            jnp.asarray(sketched, jnp.int32),
+            state,
+        )
+    if isinstance(solver, SpectralReuse):
+        state, P, spent = solver.update(state, matvec, shift=s2, key=key)
+        return _Plan(
+            lambda b, x0=None: _pcg(matvec, b, P, solver.tol, solver.maxiter, x0), spent, state
+        )
+    raise TypeError(f"{type(solver).__name__} cannot solve the inner problem")
+
+
+def _solve_columns(plan, B, X0):
+    """``H^{-1} B`` column by column (B (n, m)); info summed over columns."""
+    if X0 is None:
+        X, info = jax.vmap(lambda b: plan.solve(b), in_axes=1, out_axes=(1, 0))(B)
+    else:
+        X, info = jax.vmap(plan.solve, in_axes=(1, 1), out_axes=(1, 0))(B, X0)
+    return X, _info(jnp.sum(info.matvecs), jnp.max(info.residual_norm), jnp.max(info.iterations))
+
+
+@functools.partial(
+    jax.jit, static_argnames=("kernel", "base", "objective", "solver", "inner", "block")
+)
+def _gp_hypergrad_step(
+    theta, carry, key, Xt, yt, Xv, yv, *, kernel, base, objective, solver, inner, block
+):
+    """One outer step: inner solve, iHVP and hypergradient (pure, compiled once per config).
+
+    ``carry`` = (reuse state or None, w0, V0 or None, u0): warm starts for the
+    CG-type solves (zeros for a cold start; PCG then starts from 0 and the check
+    costs one HVP). Returns ``(val_loss, grad, carry, metrics)``.
+    """
+    state, w_prev, V_prev, u_prev = carry
+    n = Xt.shape[0]
+    params, s2 = gp_params(theta, kernel)
+    if block is None:
+        K = kernels.gram(Xt, Xt, params, base)
+
+        def matvec(v):
+            return matmul(K, v) + s2 * v
+
+        def dense_H():
+            return K + s2 * jnp.eye(n, dtype=K.dtype)
+
+    else:
+
+        def matvec(v):
+            return kernel_apply(Xt, Xt, params, base, v, block) + s2 * v
+
+        def dense_H():
+            raise ValueError("Exact() needs the dense kernel matrix; use a matrix-free solver")
+
+    k_inner, k_ihvp = jax.random.split(key)
+    def kernel_factor(rank, key):
+        return kernel_nystrom(Xt, params, base, rank, key)
+
+    plan = _make_plan(inner, matvec, n, s2, dense_H, k_inner, state, kernel_factor)
+    shared = inner is solver
+    w, info_w = plan.solve(yt, w_prev)
+    if objective == "nlpd":
+        Ktv = kernels.gram(Xt, Xv, params, base)  # (n, m): needed whole, as V is
+        V, info_v = _solve_columns(plan, Ktv, V_prev)
+    else:
+        V, info_v = None, _info(0, 0.0)
+
+    def val_loss(w_, theta_):
+        """The outer loss at fixed inner variables (``V`` enters variationally)."""
+        p_, s2_ = gp_params(theta_, kernel)
+        mu = kernel_apply(Xv, Xt, p_, base, w_, block)
+        if objective == "mse":
+            return _validation_loss("mse", mu, None, yv)
+        # sigma_j^2 = k_jj + s^2 - 2 k_j^T v_j + v_j^T H v_j is stationary in v_j at
+        # v_j = H^{-1} k_j: its partial theta-derivative is the total one, so V needs
+        # no adjoint solve.
+        KtvV = kernel_apply(Xv, Xt, p_, base, V, block)  # (m, m): row j = k_j^T V
+        HV = kernel_apply(Xt, Xt, p_, base, V, block) + s2_ * V
+        var = p_["variance"] + s2_ - 2.0 * jnp.diagonal(KtvV) + jnp.sum(V * HV, axis=0)
+        return _validation_loss("nlpd", mu, var, yv)
+
+    loss, g_w = jax.value_and_grad(val_loss)(w, theta)
+    if shared:  # the inner solve's factor / preconditioner serves the iHVP too
+        u, info_u = plan.solve(g_w, u_prev)
+    else:
+        factor = (kernel_factor(solver.rank, k_ihvp)
+                  if getattr(solver, "sketch", None) == "kernel" else None)
+        u, info_u = solve_ihvp(solver, matvec, g_w, shift=s2, key=k_ihvp, factor=factor)
+    new_state = plan.state
+
+    def surrogate(theta_):
+        """``g(w, theta) - u^T (K(theta) + s^2(theta) I) w``, w and u fixed: gradient dg/dtheta."""
+        p_, s2_ = gp_params(theta_, kernel)
+        Kw = kernel_apply(Xt, Xt, p_, base, w, block)
+        return val_loss(w, theta_) - jnp.dot(u, Kw) - s2_ * jnp.dot(u, w)
+
+    grad = jax.grad(surrogate)(theta)
+    metrics = {
+        "inner_matvecs": info_w.matvecs + info_v.matvecs,
+        "ihvp_matvecs": info_u.matvecs,
+        "precond_matvecs": plan.setup_matvecs,
+        "residual": info_u.residual_norm,
+        "inner_residual": jnp.maximum(info_w.residual_norm, info_v.residual_norm),
+        "ihvp_iterations": info_u.iterations,
+        "inner_iterations": info_w.iterations,
+    }
+    if isinstance(new_state, ReuseState):
+        metrics["refreshed"] = new_state.refreshes - (0 if state is None else state.refreshes)
+        metrics["staleness"] = new_state.staleness
+    return loss, grad, (new_state, w, V, u), metrics
+
+
+def _inner_solver_for(solver, n: int, matrix_free: bool):
+    """The solver of the inner (weight) problem: shared with the iHVP when it can be."""
+    if isinstance(solver, (Exact, CG, NystromPCG, SpectralReuse)):
+        return solver
+    if matrix_free or n > AUTO_DENSE_MAX["gpu" if _on_gpu() else "cpu"]:
+        return NystromPCG(rank=min(AUTO_RANK, n - 1), maxiter=AUTO_MAXITER, tol=AUTO_TOL)
+    return Exact()
+
+
+def validation_hypergradient(
+    theta: dict,
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    kernel: str = "rotated",
+    base: str = "rbf",
+    solver="auto",
+    objective: str = "mse",
+    *,
+    seed: int = 0,
+    matrix_free: bool = False,
+):
+    r"""Validation loss and its hypergradient at unconstrained ``theta`` (one outer step).
+
+    The same computation as one step of :func:`optimize_hyperparameters`, on the
+    data as given (no centring or standardisation). ``theta`` holds
+    ``log_lengthscales``, ``axis_angle`` (rotated), ``log_signal``, ``log_noise``
+    (see :func:`gp_params`).
+
+    Returns:
+        ``(loss, grad, metrics)``: the validation loss, ``dloss/dtheta`` (a dict like
+        ``theta``) and a dict of Python numbers (HVPs of the inner solve, iHVP and
+        preconditioner, residuals, iterations).
+    """
+    check.one_of(kernel, _KERNELS, "kernel")
+    check.one_of(objective, _OBJECTIVES, "objective")
+    base = check.base_name(base)
+    Xt = check.coordinates(X_train, "X_train", min_points=2)
+    yt = check.values(y_train, Xt.shape[0], "y_train")
+    Xv = check.coordinates(X_val, "X_val")
+    yv = check.values(y_val, Xv.shape[0], "y_val")
+    n = Xt.shape[0]
+    solver = resolve_solver(solver, n)
+    if matrix_free and isinstance(solver, Exact):
+        raise ValueError("Exact() needs the dense kernel matrix; it cannot run matrix-free")
+    if isinstance(solver, (Nystrom, NystromPCG, SpectralReuse)):
+        _check_rank(solver.rank, n)
+    inner = _inner_solver_for(solver, n, matrix_free)
+    carry = _cold_carry(inner, n, Xv.shape[0], objective)
+    loss, grad, _, metrics = _gp_hypergrad_step(
+        _strong(theta), carry, jax.random.PRNGKey(seed), Xt, yt, Xv, yv,
+        kernel=kernel, base=base, objective=objective, solver=solver, inner=inner,
+        block=_BLOCK if matrix_free else None,
+    )
+    return loss, grad, _metrics_row(metrics)
+
+
+def _cold_carry(inner, n: int, m: int, objective: str, state=None):
+    """Zero warm starts (and a fresh reuse state unless one is passed on)."""
+    if state is None and isinstance(inner, SpectralReuse):
+        state = inner.init(n)
+    V0 = jnp.zeros((n, m)) if objective == "nlpd" else None
+    return (state, jnp.zeros(n), V0, jnp.zeros(n))
+
+
+def _metrics_row(metrics: dict) -> dict:
+    row = {}
+    for key, value in metrics.items():
+        is_float = key in ("residual", "inner_residual", "staleness")
+        row[key] = float(value) if is_float else int(value)
+    row["total_matvecs"] = row["inner_matvecs"] + row["ihvp_matvecs"] + row["precond_matvecs"]
+    return row
+
+
+def optimize_hyperparameters(
+    X_train,
+    y_train,
+    X_val,
+    y_val,
+    kernel: str = "rotated",
+    base: str = "rbf",
+    solver="auto",
+    objective: str = "nlpd",
+    steps: int = 100,
+    learning_rate: float = 0.05,
+    seed: int = 0,
+    *,
+    init: dict | None = None,
+    warm_start: bool = True,
+    matrix_free: bool | None = None,
+) -> tuple[dict, pd.DataFrame]:
+    r"""Tune kernel hyperparameters on a validation loss by implicit hypergradients.
+
+    Inner problem: ``w* = argmin 1/2 w^T (K + s^2 I) w - y^T w = (K + s^2 I)^{-1} y``
+    on the training data (``H = K + s^2 I``). Outer loss on the validation data,
+    with predictive mean ``mu = K_vt w*`` and variance
+    ``sigma_j^2 = s_f^2 + s^2 - k_j^T H^{-1} k_j``:
+
+    * ``"mse"``: ``mean (y_v - mu)^2`` (one solve and one iHVP per step);
+    * ``"nlpd"``: ``mean [log(2 pi sigma^2) + (y_v - mu)^2/sigma^2] / 2``; the
+      variances need ``m`` more solves (one per validation point), so prefer
+      ``"mse"`` or a small validation set for large problems.
+
+    Optimised with ``optax.adam`` on unconstrained ``theta`` = (log
+    length-scales, axis-angle [rotated], log signal sd, log noise sd).
+    Coordinates are centred and values standardised internally; results are in
+    the user's units.
+
+    Args:
+        X_train, y_train: (N, 3) and (N,) training data.
+        X_val, y_val: (M, 3) and (M,) validation data.
+        kernel: ``"rotated"`` or ``"ard"``.
+        base: ``"rbf"``, ``"matern12"``, ``"matern32"`` or ``"matern52"``.
+        solver: iHVP solver value or ``"auto"``. Exact, CG, NystromPCG and
+            SpectralReuse also solve the inner problem (sharing factor or
+            preconditioner); with Neumann or Nystrom the inner problem is solved
+            by the ``"auto"`` choice.
+        objective: ``"nlpd"`` or ``"mse"``.
+        steps: optimiser steps.
+        learning_rate: Adam step size.
+        seed: seed of randomized sketches and probes.
+        init: optional starting values in user units (``lengthscales``,
+            ``axis_angle``, ``variance``, ``noise_variance``).
+        warm_start: start each step's CG-type solves from the previous step's solutions.
+        matrix_free: apply ``K`` in row blocks instead of forming it (default: when
+            ``N > MATRIX_FREE_MIN``).
+
+    Returns:
+        ``(params, history)``: ``params`` with ``lengthscales``, ``axis_angle``
+        (rotated), ``variance``, ``noise_variance``, ``mean``, ``val_loss`` (at the
+        returned parameters) in user units; ``history`` a DataFrame with one row per
+        step (validation loss before the step, HVPs of the inner solve, iHVP and
+        preconditioner, iHVP residual, reuse refreshes/staleness, wall time).
+    """
+    check.one_of(kernel, _KERNELS, "kernel")
+    check.one_of(objective, _OBJECTIVES, "objective")
+    base = check.base_name(base)
+    steps = check.positive_int(steps, "steps")
+    learning_rate = check.positive_scalar(learning_rate, "learning_rate")
+    Xt, yt, Xv, yv, y_mean, y_sd = _standardise(X_train, y_train, X_val, y_val)
+    n = Xt.shape[0]
+    matrix_free = n > MATRIX_FREE_MIN if matrix_free is None else bool(matrix_free)
+    block = _BLOCK if matrix_free else None
+    solver = resolve_solver(solver, n)
+    if matrix_free and isinstance(solver, Exact):
+        raise ValueError("Exact() needs the dense kernel matrix; it cannot run matrix-free")
+    if isinstance(solver, (Nystrom, NystromPCG, SpectralReuse)):
+        _check_rank(solver.rank, n)
+    inner = _inner_solver_for(solver, n, matrix_free)
+    theta = _initial_theta(Xt, kernel, init, y_sd)
+
+    def step_fn(th, carry, key):
+        # Data positional, as in validation_hypergradient: one compiled step serves both.
+        return _gp_hypergrad_step(
+            th, carry, key, Xt, yt, Xv, yv, kernel=kernel, base=base, objective=objective,
+            solver=solver, inner=inner, block=block,
+        )
+
+    opt = optax.adam(learning_rate)
+    opt_state = opt.init(theta)
+    m = Xv.shape[0]
+    carry = _cold_carry(inner, n, m, objective)
+    base_key = jax.random.PRNGKey(seed)
+    # Loss offsets from standardised to user units.
+    to_user = (lambda v: v * float(y_sd) ** 2) if objective == "mse" else (
+        lambda v: v + math.log(float(y_sd))
+    )
+    rows = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        if not warm_start:
+            carry = _cold_carry(inner, n, m, objective, state=carry[0])
+        loss, grad, carry, metrics = step_fn(theta, carry, jax.random.fold_in(base_key, step))
+        grad = _require(grad, _all_finite(grad), f"non-finite hypergradient at step {step}")
+        updates, opt_state = opt.update(grad, opt_state, theta)
+        theta = optax.apply_updates(theta, updates)
+        jax.block_until_ready(theta)
+        row = {"step": step, "val_loss": to_user(float(loss)), **_metrics_row(metrics)}
+        row["grad_norm"] = float(ravel_pytree(grad)[0] @ ravel_pytree(grad)[0]) ** 0.5
+        row["time_s"] = time.perf_counter() - t0
+        rows.append(row)
+    final_loss, *_ = step_fn(theta, carry, jax.random.fold_in(base_key, steps))
+    params, s2 = gp_params(theta, kernel)
+    out = {
+        "lengthscales": np.asarray(params["lengthscales"]),
+        "variance": float(params["variance"]) * float(y_sd) ** 2,
+        "noise_variance": float(s2) * float(y_sd) ** 2,
+        "mean": float(y_mean),
+        "val_loss": to_user(float(final_loss)),
+    }
+    if kernel == "rotated":
+        out["axis_angle"] = np.asarray(params["axis_angle"])
+    history = pd.DataFrame(rows)
+    history.attrs["solver"] = repr(solver)
+    history.attrs["inner_solver"] = repr(inner)
+    history.attrs["objective"] = objective
+    return out, history
