@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     g = mp.add_argument_group("cluster")
     g.add_argument("--workers", type=int, default=None,
-                   help="local Dask workers, one process and one thread each (default: the "
-                   "number of cores, at most 8)")
+                   help="local Dask workers, one process and one thread each, each on its "
+                   "own share of the cores (default: the number of cores, at most 8)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="use a running dask.distributed scheduler, e.g. tcp://host:8786")
     g = mp.add_argument_group("output")

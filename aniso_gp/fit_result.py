@@ -127,7 +127,7 @@ class Fit:
 
     def axes_draws(self) -> np.ndarray:
         """Principal axes (S, 3, 3), one per column, canonical order (longest first)."""
-        return self.axes_draws()
+        return self._draws("axes")
 
     def lengthscale_draws(self) -> np.ndarray:
         """Sorted length-scales (S, 3), longest first, in the user's units."""
