@@ -256,8 +256,10 @@ def local_client(n_workers: int | None = None, cores=None):
     import dask
     from distributed import Client, LocalCluster
 
-    cores = sorted(os.sched_getaffinity(0) if cores is None else cores) \
-        if hasattr(os, "sched_getaffinity") else None
+    if not hasattr(os, "sched_getaffinity"):  # no CPU affinity here: workers unconfined
+        cores = None
+    elif cores is None:
+        cores = os.sched_getaffinity(0)
     n = check.positive_int(n_workers, "n_workers") if n_workers is not None \
         else min(len(cores) if cores else (os.cpu_count() or 1), 8)
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536 (memory back to the OS
