@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 BASES = ("rbf", "matern12", "matern32", "matern52")
+#: Kernel names (their parameters and classes: ``aniso_gp.kernels``); here so that
+#: the CLI can list them without importing JAX.
+KERNELS = ("rotated", "ard", "full")
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -91,15 +94,10 @@ def values(y, n: int | None = None, name: str = "y") -> jnp.ndarray:
 
 def lengthscales(l, name: str = "lengthscales") -> jnp.ndarray:
     """Coerce three strictly positive, finite length-scales."""
-    if is_traced(l):
-        return l
-    arr = _to_numpy(l, name)
-    if arr.shape != (3,):
-        raise ValueError(f"`{name}` must have shape (3,); got {arr.shape}")
-    _finite(arr, name)
-    if np.any(arr <= 0):
-        raise ValueError(f"`{name}` must be strictly positive; got {arr.tolist()}")
-    return jnp.asarray(arr)
+    arr = vector3(l, name)
+    if not is_traced(arr) and bool(jnp.any(arr <= 0)):
+        raise ValueError(f"`{name}` must be strictly positive; got {np.asarray(arr).tolist()}")
+    return arr
 
 
 def vector3(a, name: str) -> jnp.ndarray:
@@ -204,6 +202,18 @@ def shape3(shape, name: str = "shape") -> tuple[int, int, int]:
     if len(s) != 3 or min(s) < 1 or not exact:
         raise ValueError(f"`{name}` must be 3 positive integers; got {shape!r}")
     return s
+
+
+def mask(m, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
+    """A boolean array of the volume's ``shape`` with at least one True voxel."""
+    arr = np.asarray(m)
+    if arr.dtype != bool:
+        raise ValueError(f"`{name}` must be a boolean array; got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"`{name}` has shape {arr.shape} but the volume has {tuple(shape)}")
+    if not arr.any():
+        raise ValueError(f"`{name}` has no True voxel: nothing to fit")
+    return arr
 
 
 def base_name(base: str) -> str:

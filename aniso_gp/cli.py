@@ -39,7 +39,7 @@ import numpy as np
 from aniso_gp import _validation as check
 
 PROG = "aniso-gp"
-KERNEL_CHOICES = ("rotated", "ard", "full")
+KERNEL_CHOICES = check.KERNELS
 BASE_CHOICES = check.BASES
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt")
 TABLE_SUBSAMPLE = 400

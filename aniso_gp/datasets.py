@@ -222,14 +222,7 @@ class Volume:
         """
         keep = np.ones(self.density.size, dtype=bool)
         if mask is not None:
-            m = np.asarray(mask)
-            if m.dtype != bool:
-                raise ValueError(f"`mask` must be a boolean array; got dtype {m.dtype}")
-            if m.shape != self.shape:
-                raise ValueError(f"`mask` has shape {m.shape} but the volume has {self.shape}")
-            keep = m.ravel()
-            if not keep.any():
-                raise ValueError("`mask` selects no voxels")
+            keep = check.mask(mask, self.shape).ravel()
         y = self.density.ravel()[keep]
         bad = ~np.isfinite(y)
         if bad.any():

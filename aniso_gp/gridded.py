@@ -175,14 +175,7 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
     if not observed.any():
         raise ValueError("`volume` is NaN everywhere: no voxel is observed")
     if mask is not None:
-        m = np.asarray(mask)
-        if m.dtype != bool:
-            raise ValueError(f"`mask` must be a boolean array; got dtype {m.dtype}")
-        if m.shape != arr.shape:
-            raise ValueError(f"`mask` has shape {m.shape} but the volume has {arr.shape}")
-        if not m.any():
-            raise ValueError("`mask` has no True voxel: nothing to fit")
-        observed &= m
+        observed &= check.mask(mask, arr.shape)
         if not observed.any():
             raise ValueError("`mask` selects only NaN voxels: nothing to fit")
     vals[~observed] = np.nan

@@ -213,7 +213,7 @@ def fit(
     settings = _settings(kernel, base, spec, likelihood, nuts, user_priors, std, wall)
     settings["landmarks"] = None if Xm is None else np.asarray(Xm).tolist()
     settings["landmark_method"] = landmarks if Xm is not None else None
-    idata = _build_idata(samples, extra, X, y, std, spec, Xm, settings)
+    idata = _build_idata(samples, extra, (X, y), (Xs, ys), std, spec, Xm, settings)
     return Fit(idata, settings)
 
 
@@ -578,9 +578,11 @@ _COORDS = {"axis": [1, 2, 3], "component": ["x", "y", "z"], "row": ["x", "y", "z
            "col": ["x", "y", "z"], "coord": ["x", "y", "z"]}
 
 
-def _build_idata(samples, extra, X, y, std, spec, Xm, settings):
+def _build_idata(samples, extra, data, standardised, std, spec, Xm, settings):
+    """ArviZ data of a point fit; ``data`` = (X, y) in user units, ``standardised`` =
+    the same (Xs, ys) that the sampler saw."""
+    (X, y), (Xs, ys) = data, standardised
     C, D = samples["A"].shape[:2]
-    Xs, ys = std.x(X), std.y(y)
     lowrank = None if Xm is None else (jnp.asarray(Xm), spec.likelihood == "fitc")
     ll = _loo_draws(
         jnp.asarray(_flat(samples, "A")),

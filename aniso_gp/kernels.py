@@ -27,7 +27,8 @@ and ``gpx.fit`` work. Inputs are transformed once (N x 3), never per pair.
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from collections.abc import Callable
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import gpjax as gpx
@@ -47,12 +48,21 @@ _SQRT5 = 5.0**0.5
 # --------------------------------------------------------------------------- #
 # Pure functions
 # --------------------------------------------------------------------------- #
+#: A kernel's identity is its name (``fit(kernel=...)``, the CLI, the models);
+#: the classes below carry it as ``kind``, and parameter dicts are told apart by
+#: their keys in :func:`transform_matrix`.
+KERNELS = check.KERNELS
+
+
 def transform_matrix(params: dict) -> jnp.ndarray:
     """The (3, 3) matrix ``A`` with ``M = A A^T``, chosen by the keys of ``params``.
 
     ``{"lengthscales", "axis_angle"}`` -> rotated; ``{"cholesky"}`` -> full SPD;
-    ``{"lengthscales"}`` -> ARD.
+    ``{"lengthscales"}`` -> ARD; ``{"transform"}`` -> ``A`` itself (the
+    log-metric chart's ``expm(S / 2)``).
     """
+    if "transform" in params:
+        return params["transform"]
     if "cholesky" in params:
         return jnp.tril(params["cholesky"])
     inv_l = 1.0 / params["lengthscales"]
@@ -79,17 +89,53 @@ def _distance(r2: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, r2, 1.0)), 0.0)
 
 
+class _Base(NamedTuple):
+    """One isotropic base: ``phi`` and ``d phi / d(r^2)`` as functions of ``r2``."""
+
+    phi: Callable
+    slope: Callable
+
+
+def _matern12_slope(r2):
+    # phi is not differentiable at r = 0; 0 there matches the one-sided
+    # derivative of |z - z'| used by autodiff through `_distance`.
+    r = _distance(r2)
+    return jnp.where(r2 > 0, -0.5 * jnp.exp(-r) / jnp.where(r2 > 0, r, 1.0), 0.0)
+
+
+def _matern32(r2):
+    r = _distance(r2)
+    return (1.0 + _SQRT3 * r) * jnp.exp(-_SQRT3 * r)
+
+
+def _matern52(r2):
+    r = _distance(r2)
+    return (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * jnp.exp(-_SQRT5 * r)
+
+
+def _matern52_slope(r2):
+    r = _distance(r2)
+    return -(5.0 / 6.0) * (1.0 + _SQRT5 * r) * jnp.exp(-_SQRT5 * r)
+
+
+#: The bases by name (the names of ``_validation.BASES``, in order): the one
+#: place where a base name turns into functions.
+_BASE_FUNCTIONS = dict(zip(check.BASES, (
+    _Base(lambda r2: jnp.exp(-0.5 * r2), lambda r2: -0.5 * jnp.exp(-0.5 * r2)),
+    _Base(lambda r2: jnp.exp(-_distance(r2)), _matern12_slope),
+    _Base(_matern32, lambda r2: -1.5 * jnp.exp(-_SQRT3 * _distance(r2))),
+    _Base(_matern52, _matern52_slope),
+), strict=True))
+
+
 def correlation(r2: jnp.ndarray, base: str) -> jnp.ndarray:
     """Isotropic correlation ``phi`` as a function of the squared distance ``r2``."""
-    check.base_name(base)
-    if base == "rbf":
-        return jnp.exp(-0.5 * r2)
-    r = _distance(r2)
-    if base == "matern12":
-        return jnp.exp(-r)
-    if base == "matern32":
-        return (1.0 + _SQRT3 * r) * jnp.exp(-_SQRT3 * r)
-    return (1.0 + _SQRT5 * r + (5.0 / 3.0) * r2) * jnp.exp(-_SQRT5 * r)  # matern52
+    return _BASE_FUNCTIONS[check.base_name(base)].phi(r2)
+
+
+def correlation_slope(r2: jnp.ndarray, base: str) -> jnp.ndarray:
+    """``d phi / d(r^2)`` of ``r2``; finite at 0 except Matérn-1/2 (set to 0 there)."""
+    return _BASE_FUNCTIONS[check.base_name(base)].slope(r2)
 
 
 def squared_distances(Z1: jnp.ndarray, Z2: jnp.ndarray) -> jnp.ndarray:
@@ -100,21 +146,6 @@ def squared_distances(Z1: jnp.ndarray, Z2: jnp.ndarray) -> jnp.ndarray:
     2.4x slower (N1 = 100,000, N2 = 512, D = 3, CPU).
     """
     return sum((Z1[:, k, None] - Z2[None, :, k]) ** 2 for k in range(Z1.shape[-1]))
-
-
-def correlation_slope(r2: jnp.ndarray, base: str) -> jnp.ndarray:
-    """``d phi / d(r^2)`` of ``r2``; finite at 0 except Matérn-1/2 (set to 0 there)."""
-    check.base_name(base)
-    if base == "rbf":
-        return -0.5 * jnp.exp(-0.5 * r2)
-    r = _distance(r2)
-    if base == "matern12":
-        # phi is not differentiable at r = 0; 0 there matches the one-sided
-        # derivative of |z - z'| used by autodiff through `_distance`.
-        return jnp.where(r2 > 0, -0.5 * jnp.exp(-r) / jnp.where(r2 > 0, r, 1.0), 0.0)
-    if base == "matern32":
-        return -1.5 * jnp.exp(-_SQRT3 * r)
-    return -(5.0 / 6.0) * (1.0 + _SQRT5 * r) * jnp.exp(-_SQRT5 * r)  # matern52
 
 
 def _cross_correlation_jvp(base, primals, tangents):
@@ -311,6 +342,7 @@ class RotatedAnisotropic(_Anisotropic3D):
     """
 
     name: ClassVar[str] = "RotatedAnisotropic"
+    kind: ClassVar[str] = "rotated"
     lengthscales: PositiveReal
     axis_angle: Real
 
@@ -334,6 +366,7 @@ class ARD(_Anisotropic3D):
     """Axis-aligned (automatic relevance determination) kernel, ``M = diag(l^-2)``."""
 
     name: ClassVar[str] = "ARD"
+    kind: ClassVar[str] = "ard"
     lengthscales: PositiveReal
 
     def __init__(self, lengthscales, variance=1.0, base="rbf"):
@@ -355,6 +388,7 @@ class FullSPD(_Anisotropic3D):
     """
 
     name: ClassVar[str] = "FullSPD"
+    kind: ClassVar[str] = "full"
     cholesky: LowerTriangular
 
     def __init__(self, cholesky=None, metric=None, variance=1.0, base="rbf"):

@@ -71,7 +71,7 @@ from aniso_gp.likelihoods import (
 from aniso_gp.linalg.grid import expected_periodogram
 from aniso_gp.linalg.nystrom import cross_factor, landmark_cholesky
 
-KERNELS = ("rotated", "ard", "full")
+KERNELS = kernels.KERNELS
 PARAMETERIZATIONS = ("axis-angle", "identifiable")
 LIKELIHOODS = ("exact", "dtc", "fitc", "whittle")
 STREAM_BLOCK = 2048  # rows per block of the low-rank density (fastest of 512-8,192 on CPU)
@@ -274,11 +274,7 @@ def sample_kernel_params(spec: ModelSpec) -> dict:
     return {"cholesky": corr / l[:, None]}
 
 
-def transform_matrix(kparams: dict) -> jnp.ndarray:
-    """``A`` with ``M = A A^T`` for any parameter dict from :func:`sample_kernel_params`."""
-    if "transform" in kparams:
-        return kparams["transform"]
-    return kernels.transform_matrix(kparams)
+transform_matrix = kernels.transform_matrix  # reads every dict of sample_kernel_params
 
 
 def sample_parameters(spec: ModelSpec):

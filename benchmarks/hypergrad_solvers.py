@@ -222,7 +222,7 @@ class Problem:
 
 def run(problem: Problem, solver, repeats: int, shift: bool = True, label: str | None = None):
     exe = problem.compiled(solver, shift)
-    u, info = exe(problem.K, problem.s2, problem.g_w)
+    u, info, _ = exe(problem.K, problem.s2, problem.g_w)
     t = median_time(exe, (problem.K, problem.s2, problem.g_w), repeats)
     mem = exe.memory_analysis()
     temp = float(mem.temp_size_in_bytes) / 2**20 if mem is not None else float("nan")

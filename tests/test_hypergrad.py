@@ -6,6 +6,9 @@ hypergradients; the Laplace log marginal with a tightly converged Newton mode
 for the Laplace-GP gradients. Sizes are small (n <= 200).
 """
 
+import warnings
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +64,7 @@ def test_ihvp_matches_dense_solve(spd_system, solver, tol):
     if solver == "neumann":
         # Contraction 1 - lr lambda_min = 1 - 0.05/10: 8,000 terms reach ~1e-17.
         solver = hg.Neumann(8000, 1.0 / lmax)
-    x, info = hg.solve_ihvp(solver, lambda v: H @ v, b)
+    x, info, _ = hg.solve_ihvp(solver, lambda v: H @ v, b)
     assert _rel(x, ref) < tol
     assert float(info.residual_norm) < 100 * tol
     # Matvec accounting: sketch + iterations + one HVP for the reported residual.
@@ -78,7 +81,7 @@ def test_ihvp_matches_dense_solve(spd_system, solver, tol):
 
 def test_exact_with_given_matrix_spends_no_hvps(spd_system):
     H, b, ref, _ = spd_system
-    x, info = hg.solve_ihvp(hg.Exact(), lambda v: H @ v, b, matrix=H)
+    x, info, _ = hg.solve_ihvp(hg.Exact(), lambda v: H @ v, b, matrix=H)
     assert int(info.matvecs) == 0 and _rel(x, ref) < 1e-12
 
 
@@ -103,7 +106,7 @@ def test_nystrom_small_rho_is_stable_at_partial_rank(spd_system):
     U, lam = hg.hessian_nystrom(mv, 50, 20, key=jax.random.PRNGKey(3))
     rho = 1e-12
     Hk = np.asarray(U) @ np.diag(np.asarray(lam)) @ np.asarray(U).T
-    x, _ = hg.solve_ihvp(hg.Nystrom(20, rho), mv, b, key=jax.random.PRNGKey(3))
+    x = hg.solve_ihvp(hg.Nystrom(20, rho), mv, b, key=jax.random.PRNGKey(3)).value
     assert np.all(np.isfinite(np.asarray(x)))
     # (H_k + rho I) has condition ~1e13 and |x| ~ |b| / rho, so judge by the
     # normwise backward error |r| / (|A| |x| + |b|): round-off level for the eigen-form.
@@ -118,7 +121,7 @@ def test_nystrom_known_shift_is_exact_at_full_rank(spd_system):
     H, b, ref, _ = spd_system
     mv = lambda v: H @ v
     # H = A + 0.05 I: with the shift known and k = n the result is (H + rho I)^{-1} b.
-    x, _ = hg.solve_ihvp(hg.Nystrom(50, 1e-12), mv, b, shift=0.05)
+    x = hg.solve_ihvp(hg.Nystrom(50, 1e-12), mv, b, shift=0.05).value
     assert _rel(x, ref) < 1e-8
 
 
@@ -167,7 +170,7 @@ def ridge():
 )
 def test_implicit_grad_matches_finite_differences(ridge, solver):
     inner, outer, solve, h, fd = ridge
-    g, info = hg.implicit_grad(inner, outer, solve(h), h, solver)
+    g, info, _ = hg.implicit_grad(inner, outer, solve(h), h, solver)
     assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(h)
     assert _rel(ravel_pytree(g)[0], fd) < 1e-5
     assert float(info.residual_norm) < 1e-10
@@ -177,7 +180,7 @@ def test_implicit_grad_nystrom_is_biased_and_says_so(ridge):
     inner, outer, solve, h, fd = ridge
     # rank 5 of 13 with rho near the spectral tail (eigenvalues 19..133): biased but
     # informative, and the reported residual says so.
-    g, info = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(5, 30.0))
+    g, info, _ = hg.implicit_grad(inner, outer, solve(h), h, hg.Nystrom(5, 30.0))
     assert _rel(ravel_pytree(g)[0], fd) < 0.5
     assert float(info.residual_norm) > 0.1
 
@@ -313,10 +316,10 @@ def test_kernel_nystrom_is_the_rpcholesky_factor_in_eigen_form():
     params = dict(params, lengthscales=jnp.array([0.8, 0.5, 0.6]))
     H = kernels.gram(X, X, params, "rbf") + 0.01 * jnp.eye(120)
     b = jnp.asarray(rng.standard_normal(120))
-    u, info = hg.solve_ihvp(hg.NystromPCG(25, tol=1e-12, sketch="kernel"), lambda v: H @ v, b,
+    u, info, _ = hg.solve_ihvp(hg.NystromPCG(25, tol=1e-12, sketch="kernel"), lambda v: H @ v, b,
                             shift=0.01, factor=hg.kernel_nystrom(X, params, "rbf", 25, key))
     np.testing.assert_allclose(u, np.linalg.solve(H, b), rtol=1e-8, atol=1e-10)
-    _, cg = hg.solve_ihvp(hg.CG(1000, 1e-12), lambda v: H @ v, b)
+    cg = hg.solve_ihvp(hg.CG(1000, 1e-12), lambda v: H @ v, b).info
     assert int(info.matvecs) < 0.5 * int(cg.matvecs)
 
 
@@ -394,6 +397,72 @@ def test_laplace_gradient_matches_finite_differences(likelihood):
 
 
 # --------------------------------------------------------------------------- #
+# Solver values: init / compute, Auto, the route through the tuning layers
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("solver", [hg.Exact(), hg.CG(500, 1e-12), hg.NystromPCG(20, tol=1e-12),
+                                    hg.SpectralReuse(20, tol=1e-12), hg.Auto()],
+                         ids=lambda s: s.name)
+def test_one_prepared_state_serves_several_right_hand_sides(spd_system, solver):
+    H, _, _, _ = spd_system
+    B = np.random.default_rng(7).standard_normal((50, 3))
+    state = solver.init(hg.Operator(lambda v: H @ v, 50, 0.05))
+    X = np.stack([np.asarray(solver.compute(state, B[:, j])[0]) for j in range(3)], axis=1)
+    np.testing.assert_allclose(X, np.linalg.solve(np.asarray(H), B), rtol=1e-8, atol=1e-10)
+    # the set-up cost is paid once: a sketch of rank 20, H formed from 50 HVPs, or nothing
+    expected = {"exact": 50, "cg": 0, "nystrom_pcg": 20, "spectral_reuse": 20, "auto": 50}
+    assert int(state.setup_matvecs) == expected[solver.name]
+    solution = hg.solve_ihvp(solver, lambda v: H @ v, B[:, 0], shift=0.05)
+    assert isinstance(solution, hg.IHVPSolution)
+    np.testing.assert_allclose(solution.value, X[:, 0], rtol=1e-8, atol=1e-10)
+    assert (solution.state is None) == (solver.name != "spectral_reuse")
+
+
+def test_auto_picks_by_size_and_structure_and_warns_above_its_tolerance():
+    auto = hg.Auto()
+    assert hg.as_solver("auto") == auto and hg.resolve_solver("auto", 50) == hg.Exact()
+    limit = hg.AUTO_DENSE_MAX["cpu"]
+    assert isinstance(auto.pick(limit + 1), hg.NystromPCG)
+    assert isinstance(auto.pick(50, matrix_free=True), hg.NystromPCG)
+    # cond(H) = 1e13: a backward-stable Cholesky leaves a relative residual ~1e-6
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    H = jnp.asarray((Q * np.geomspace(1.0, 1e-13, 40)) @ Q.T)
+    b = jnp.asarray(rng.standard_normal(40))
+    with pytest.warns(RuntimeWarning, match=r"solver='auto' picked Exact\(\).*above the tolerance"):
+        out = hg.solve_ihvp("auto", lambda v: H @ v, b, matrix=H)
+    assert float(out.info.residual_norm) > auto.tol
+    # under jit too (the check is a host callback)
+    step = jax.jit(lambda b: hg.solve_ihvp(hg.Auto(tol=1e-12), lambda v: H @ v, b).value)
+    with pytest.warns(RuntimeWarning, match="above the tolerance"):
+        jax.block_until_ready(step(b))
+    well = jnp.asarray((Q * np.linspace(1.0, 2.0, 40)) @ Q.T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hg.solve_ihvp("auto", lambda v: well @ v, b)
+
+
+class _CountingCG(hg.CG):
+    """A CG that counts how often it is asked to prepare an operator."""
+
+    calls: ClassVar[list] = []
+
+    def init(self, operator, *, key=None, carry=None):
+        _CountingCG.calls.append(operator.n)
+        return super().init(operator, key=key, carry=carry)
+
+
+def test_a_solver_travels_down_the_tuning_layers_once(gp_problem):
+    data, theta, fd, _ = gp_problem
+    _CountingCG.calls.clear()
+    loss, grad, metrics = hg.validation_hypergradient(theta, *data, solver=_CountingCG(2000, 1e-12),
+                                                      objective="mse")
+    # one operator per outer step: one init, whose state serves the weight solve and the iHVP
+    assert _CountingCG.calls == [data[0].shape[0]]
+    assert metrics["precond_matvecs"] == 0 and metrics["residual"] < 1e-10
+    assert _rel(ravel_pytree(grad)[0], fd["mse"]) < 1e-5
+
+
+# --------------------------------------------------------------------------- #
 # Clear errors
 # --------------------------------------------------------------------------- #
 def test_errors_name_the_problem(spd_system, ridge):
@@ -418,7 +487,10 @@ def test_errors_name_the_problem(spd_system, ridge):
     with pytest.raises(ValueError, match="sketch='kernel' reads kernel columns"):
         hg.solve_ihvp(hg.NystromPCG(5, sketch="kernel"), mv, b)
     with pytest.raises(ValueError, match="`factor` must be"):
-        hg.solve_ihvp(hg.NystromPCG(5), mv, b, factor=(jnp.ones((50, 4)), jnp.ones(4)))
+        hg.solve_ihvp(hg.NystromPCG(5, sketch="kernel"), mv, b,
+                      factor=(jnp.ones((50, 4)), jnp.ones(4)))
+    with pytest.raises(ValueError, match="`factor` is what a sketch='kernel' solver reads"):
+        hg.solve_ihvp(hg.NystromPCG(5), mv, b, factor=(jnp.ones((50, 5)), jnp.ones(5)))
 
     inner, outer, solve, h, _ = ridge
 

@@ -136,6 +136,10 @@ def test_pure_helpers(pts):
     # the Cholesky entry is read as lower triangular (upper part ignored)
     C = np.tril(np.arange(1.0, 10.0).reshape(3, 3)) + np.triu(np.ones((3, 3)), 1)
     np.testing.assert_array_equal(np.asarray(kernels.transform_matrix({"cholesky": C})), np.tril(C))
+    np.testing.assert_array_equal(np.asarray(kernels.transform_matrix({"transform": C})), C)
+    # one identity: every kernel name has exactly one class, which carries it
+    classes = (kernels.RotatedAnisotropic, kernels.ARD, kernels.FullSPD)
+    assert sorted(c.kind for c in classes) == sorted(kernels.KERNELS)
     np.testing.assert_allclose(
         np.asarray(kernels.squared_distances(X, Y)), cdist(X, Y, "sqeuclidean"), atol=1e-14
     )

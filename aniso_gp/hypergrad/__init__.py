@@ -28,11 +28,19 @@ solver                 ``u ~ H^{-1} b``                                    HVPs
 ``NystromPCG(k,..)``   CG preconditioned by a rank-``k`` Nystrom factor    ``k`` + iterations + 1
   ``sketch="kernel"``  the factor from ``k`` kernel columns (GP systems)    iterations + 1
 ``SpectralReuse``      NystromPCG keeping its basis across outer steps      p (+k) + iter. + 1
-``"auto"``             ``Exact`` up to :data:`AUTO_DENSE_MAX`, else NystromPCG
+``Auto()``             ``Exact`` up to :data:`AUTO_DENSE_MAX`, else NystromPCG
 =====================  ==================================================  =====================
 
 The "+ 1" is the true residual ``|b - H u| / |b|``, which every solver reports
-in :class:`IHVPInfo` (approximate solvers are never silently trusted).
+in :class:`IHVPInfo` (approximate solvers are never silently trusted);
+``Auto()`` (``solver="auto"``) also warns when it ends above its tolerance.
+
+Each value carries its behaviour, as lineax's solvers do: ``state =
+solver.init(Operator(matvec, n, shift, ...), key=, carry=)`` prepares a factor
+or preconditioner for one operator and ``solver.compute(state, b, x0=)`` solves
+one right-hand side with it (several solves with one ``H`` share it).
+:func:`solve_ihvp` is that pair for one right-hand side and returns one record,
+:class:`IHVPSolution` ``(value, info, state)``, whatever the solver.
 
 Nystrom-Woodbury in eigen-form. With sketch ``Omega`` (n, k) (``k`` coordinate
 columns ``E_idx`` as in Hataya & Yamada, or Gaussian), ``Y = H Omega`` (k HVPs)
@@ -97,6 +105,7 @@ factors), :mod:`~aniso_gp.hypergrad.implicit` (implicit differentiation),
 
 from aniso_gp.hypergrad.implicit import (
     INFO_SINK_FIELDS,
+    Hypergradient,
     ImplicitSolution,
     implicit_grad,
     implicit_solution,
@@ -113,13 +122,18 @@ from aniso_gp.hypergrad.laplace import LAPLACE_LIKELIHOODS as LIKELIHOODS  # for
 from aniso_gp.hypergrad.solvers import (
     AUTO_DENSE_MAX,
     CG,
+    Auto,
     Exact,
     IHVPInfo,
+    IHVPSolution,
     Neumann,
     Nystrom,
     NystromPCG,
+    Operator,
     ReuseState,
+    SolverState,
     SpectralReuse,
+    as_solver,
     hessian_nystrom,
     kernel_nystrom,
     resolve_solver,
@@ -135,8 +149,11 @@ from aniso_gp.kernels import kernel_apply
 __all__ = [
     "AUTO_DENSE_MAX",
     "CG",
+    "Auto",
     "Exact",
+    "Hypergradient",
     "IHVPInfo",
+    "IHVPSolution",
     "INFO_SINK_FIELDS",
     "ImplicitSolution",
     "LAPLACE_LIKELIHOODS",
@@ -145,8 +162,11 @@ __all__ = [
     "Neumann",
     "Nystrom",
     "NystromPCG",
+    "Operator",
     "ReuseState",
+    "SolverState",
     "SpectralReuse",
+    "as_solver",
     "gp_params",
     "implicit_grad",
     "implicit_solution",

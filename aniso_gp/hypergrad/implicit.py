@@ -4,19 +4,34 @@ r"""Implicit differentiation: :func:`implicit_grad` and :class:`ImplicitSolution
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from aniso_gp.hypergrad.solvers import (
-    _SOLVER_TYPES,
     IHVPInfo,
     _all_finite,
     _info,
     _require,
-    resolve_solver,
+    as_solver,
     solve_ihvp,
 )
+
+
+class Hypergradient(NamedTuple):
+    """The result of :func:`implicit_grad`.
+
+    Attributes:
+        grad: ``dg/dh``, shaped like ``h``.
+        info: :class:`IHVPInfo` of the one iHVP.
+        state: the :class:`ReuseState` to pass on (:class:`SpectralReuse`), else ``None``.
+    """
+
+    grad: Any
+    info: IHVPInfo
+    state: Any = None
 
 
 # --------------------------------------------------------------------------- #
@@ -37,14 +52,14 @@ def _ift_adjoint(inner_loss, w_star, h, args, w_bar, solver, key=None, state=Non
     grad_w = _flat_inner_grad(inner_loss, unravel)
     # linearize evaluates grad_w once; every HVP then costs one forward-mode pass.
     _, hvp = jax.linearize(lambda wf: grad_w(wf, h, *args), w_flat)
-    out = solve_ihvp(solver, hvp, b, key=key, state=state)
-    u, info = out[0], out[1]
+    solution = solve_ihvp(solver, hvp, b, key=key, state=state)
     _, vjp = jax.vjp(lambda hh, aa: grad_w(w_flat, hh, *aa), h, tuple(args))
-    h_bar, args_bar = vjp(-u)
-    return (h_bar, args_bar, info) + tuple(out[2:])
+    h_bar, args_bar = vjp(-solution.value)
+    return h_bar, args_bar, solution
 
 
-def implicit_grad(inner_loss, outer_loss, w_star, h, solver="auto", *, key=None, state=None):
+def implicit_grad(inner_loss, outer_loss, w_star, h, solver="auto", *, key=None,
+                  state=None) -> Hypergradient:
     r"""Hypergradient ``dg/dh`` at an inner minimiser, by the implicit function theorem.
 
     ``dg/dh = d_h g - (d_h grad_w f)^T H^{-1} grad_w g`` (module docstring).
@@ -59,14 +74,14 @@ def implicit_grad(inner_loss, outer_loss, w_star, h, solver="auto", *, key=None,
         state: :class:`ReuseState` to carry between calls with :class:`SpectralReuse`.
 
     Returns:
-        ``(dg_dh, info)`` with ``dg_dh`` shaped like ``h`` and an :class:`IHVPInfo`;
-        ``(dg_dh, info, state)`` when ``state`` is given.
+        A :class:`Hypergradient` ``(grad, info, state)``: ``dg/dh`` shaped like
+        ``h``, the :class:`IHVPInfo` and the state to pass on.
     """
     g_w, g_h = jax.grad(outer_loss, argnums=(0, 1))(w_star, h)
-    out = _ift_adjoint(inner_loss, w_star, h, (), g_w, solver, key=key, state=state)
-    h_bar, info = out[0], out[2]
+    h_bar, _, solution = _ift_adjoint(inner_loss, w_star, h, (), g_w, solver, key=key,
+                                      state=state)
     dg = jax.tree_util.tree_map(lambda a, c: a + c, g_h, h_bar)
-    return (dg, info) + tuple(out[3:])
+    return Hypergradient(dg, solution.info, solution.state)
 
 
 #: Order of the entries in an info sink (see :class:`ImplicitSolution`).
@@ -93,10 +108,7 @@ class ImplicitSolution:
     """
 
     def __init__(self, inner_solver, inner_loss, solver="auto"):
-        if isinstance(solver, str):
-            resolve_solver(solver, 1)  # validates the name
-        elif not isinstance(solver, _SOLVER_TYPES):
-            raise ValueError(f"`solver` must be 'auto' or a solver value; got {solver!r}")
+        solver = as_solver(solver)
         self.inner_solver = inner_solver
         self.inner_loss = inner_loss
         self.solver = solver
@@ -111,8 +123,8 @@ class ImplicitSolution:
 
         def bwd(res, w_bar):
             w, h, args = res
-            h_bar, args_bar, info = _ift_adjoint(inner_loss, w, h, args, w_bar, solver)[:3]
-            sink_bar = jnp.stack([jnp.asarray(v, jnp.float64) for v in info])
+            h_bar, args_bar, solution = _ift_adjoint(inner_loss, w, h, args, w_bar, solver)
+            sink_bar = jnp.stack([jnp.asarray(v, jnp.float64) for v in solution.info])
             return h_bar, sink_bar, args_bar
 
         core.defvjp(fwd, bwd)

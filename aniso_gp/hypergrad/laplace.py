@@ -17,10 +17,9 @@ from aniso_gp import _validation as check
 from aniso_gp import kernels
 from aniso_gp.hypergrad.implicit import ImplicitSolution, implicit_solution
 from aniso_gp.hypergrad.solvers import (
-    _SOLVER_TYPES,
     _all_finite,
     _require,
-    resolve_solver,
+    as_solver,
 )
 from aniso_gp.linalg import nystrom
 from aniso_gp.linalg.operators import matmul
@@ -255,17 +254,8 @@ def _laplace_value_and_grad_jit(theta, X, y, likelihood, base, solver, max_iter,
     return jax.value_and_grad(objective, argnums=(0, 1))(theta, ImplicitSolution.sink())
 
 
-def laplace_log_marginal(
-    theta: dict,
-    X,
-    y,
-    likelihood: str = "poisson",
-    base: str = "rbf",
-    solver="auto",
-    *,
-    max_iter: int = 100,
-    tol: float = 1e-10,
-) -> jnp.ndarray:
+def laplace_log_marginal(theta: dict, X, y, likelihood: str = "poisson", base: str = "rbf",
+                         solver="auto", *, max_iter: int = 100, tol: float = 1e-10) -> jnp.ndarray:
     r"""Laplace approximation of ``log p(y | theta)``, differentiable in ``theta``.
 
     .. math::
@@ -279,28 +269,19 @@ def laplace_log_marginal(
     (likelihood, base, solver, max_iter, tol) and input shapes.
     """
     X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
-    _ = solver if isinstance(solver, _SOLVER_TYPES) else resolve_solver(solver, 1)
+    solver = as_solver(solver)
     return _laplace_objective_jit(
         theta, X, y, likelihood=likelihood, base=base, solver=solver, max_iter=max_iter,
         tol=float(tol),
     )
 
 
-def laplace_value_and_grad(
-    theta: dict,
-    X,
-    y,
-    likelihood: str = "poisson",
-    base: str = "rbf",
-    solver="auto",
-    *,
-    max_iter: int = 100,
-    tol: float = 1e-10,
-):
+def laplace_value_and_grad(theta: dict, X, y, likelihood: str = "poisson", base: str = "rbf",
+                           solver="auto", *, max_iter: int = 100, tol: float = 1e-10):
     """``(log q, d log q / d theta, info)``: :func:`laplace_log_marginal`, its gradient
     (a dict like ``theta``) and the :class:`IHVPInfo` of the implicit solve."""
     X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
-    _ = solver if isinstance(solver, _SOLVER_TYPES) else resolve_solver(solver, 1)
+    solver = as_solver(solver)
     value, (g, sink_grad) = _laplace_value_and_grad_jit(
         theta, X, y, likelihood=likelihood, base=base, solver=solver, max_iter=max_iter,
         tol=float(tol),

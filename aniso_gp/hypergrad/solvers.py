@@ -5,11 +5,14 @@ r"""iHVP solver values (``u ~ H^{-1} b``), spectral reuse, Nystrom factors and
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, NamedTuple
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_solve
 
 from aniso_gp import _validation as check
@@ -28,105 +31,6 @@ AUTO_DENSE_MAX = {"cpu": 5000, "gpu": 20000}
 AUTO_RANK = 200
 AUTO_MAXITER = 2000
 AUTO_TOL = 1e-10
-
-
-# --------------------------------------------------------------------------- #
-# Solver values
-# --------------------------------------------------------------------------- #
-_SKETCHES = ("coordinates", "gaussian", "kernel")
-
-
-def _sketch_name(value) -> str:
-    return check.one_of(value, _SKETCHES, "sketch")
-
-
-@dataclasses.dataclass(frozen=True)
-class Exact:
-    """Dense Cholesky of ``H`` (formed from ``n`` HVPs unless the matrix is given)."""
-
-    name: ClassVar[str] = "exact"
-
-
-@dataclasses.dataclass(frozen=True)
-class CG:
-    """Conjugate gradients: stop at ``|b - H u| <= tol |b|`` or ``maxiter`` iterations."""
-
-    maxiter: int = 1000
-    tol: float = 1e-10
-    name: ClassVar[str] = "cg"
-
-    def __post_init__(self):
-        object.__setattr__(self, "maxiter", check.positive_int(self.maxiter, "maxiter"))
-        object.__setattr__(self, "tol", check.tolerance(self.tol))
-
-
-@dataclasses.dataclass(frozen=True)
-class Neumann:
-    r"""Truncated Neumann series ``u = lr sum_{t<steps} (I - lr H)^t b``.
-
-    Converges for ``0 < lr < 2/lambda_max(H)``; truncated at ``T`` terms it
-    acts like an extra damping of about ``1/(lr T)`` on the small eigenvalues.
-    """
-
-    steps: int
-    lr: float
-    name: ClassVar[str] = "neumann"
-
-    def __post_init__(self):
-        object.__setattr__(self, "steps", check.positive_int(self.steps, "steps"))
-        object.__setattr__(self, "lr", check.positive_scalar(self.lr, "lr"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Nystrom:
-    r"""Hataya & Yamada's damped Nystrom-Woodbury iHVP ``(H_k + rho I)^{-1} b``.
-
-    Args:
-        rank: sketch size ``k`` (HVPs), at most the dimension.
-        rho: damping ``> 0``; the result is biased by it (see module docstring).
-        sketch: ``"coordinates"`` (``k`` random columns of ``H``, the paper's
-            choice), ``"gaussian"`` (same cost, better on coherent spectra) or
-            ``"kernel"`` (GP systems ``K + s^2 I`` only: randomly pivoted Cholesky
-            on ``k`` kernel columns, no HVPs; :func:`kernel_nystrom`).
-        seed: seed of the random sketch.
-    """
-
-    rank: int
-    rho: float
-    sketch: str = "coordinates"
-    seed: int = 0
-    name: ClassVar[str] = "nystrom"
-
-    def __post_init__(self):
-        object.__setattr__(self, "rank", check.positive_int(self.rank, "rank"))
-        object.__setattr__(self, "rho", check.positive_scalar(self.rho, "rho"))
-        object.__setattr__(self, "sketch", _sketch_name(self.sketch))
-
-
-@dataclasses.dataclass(frozen=True)
-class NystromPCG:
-    r"""CG preconditioned by a rank-``k`` Nystrom factor of ``H`` (Frangella, Tropp & Udell).
-
-    ``P^{-1} = (lam_k + mu) U (Lam + mu I)^{-1} U^T + (I - U U^T)``; when
-    ``H = A + mu I`` with a known shift ``mu`` (``K + s^2 I``) the sketch is of
-    ``A``. Unbiased: it converges to ``tol`` like CG, in far fewer iterations
-    once ``rank`` exceeds the effective dimension. ``sketch`` as for
-    :class:`Nystrom`; ``"kernel"`` costs ``k`` kernel columns instead of ``k``
-    HVPs, which for a kernel matrix is ``k / N`` of the work.
-    """
-
-    rank: int
-    maxiter: int = 1000
-    tol: float = 1e-10
-    sketch: str = "gaussian"
-    seed: int = 0
-    name: ClassVar[str] = "nystrom_pcg"
-
-    def __post_init__(self):
-        object.__setattr__(self, "rank", check.positive_int(self.rank, "rank"))
-        object.__setattr__(self, "maxiter", check.positive_int(self.maxiter, "maxiter"))
-        object.__setattr__(self, "tol", check.tolerance(self.tol))
-        object.__setattr__(self, "sketch", _sketch_name(self.sketch))
 
 
 class IHVPInfo(NamedTuple):
@@ -160,6 +64,265 @@ def _info(matvecs, residual, iterations=0) -> IHVPInfo:
 
 
 # --------------------------------------------------------------------------- #
+# The operator, a prepared state and the result record
+# --------------------------------------------------------------------------- #
+@dataclasses.dataclass(frozen=True, eq=False)
+class Operator:
+    r"""The SPD operator ``H = A + shift I`` of an iHVP, given by its products.
+
+    Attributes:
+        matvec: ``v -> H v`` on (n,) arrays.
+        n: dimension.
+        shift: known ``mu >= 0`` with ``H = A + mu I`` (the noise variance of
+            ``K + s^2 I``); Nystrom preconditioners then sketch ``A``.
+        matrix: ``() -> H`` (n, n) where the dense matrix is at hand (:class:`Exact`
+            then spends no HVPs); ``None``: formed from ``n`` HVPs when needed.
+        factor: ``(rank, key) -> (U, lam)``, a Nystrom eigen-factor of ``A`` that
+            the caller makes more cheaply than a sketch (:func:`kernel_nystrom`);
+            what a ``sketch="kernel"`` solver reads.
+        matrix_free: ``H`` must never be formed (memory): :class:`Exact` refuses
+            and :class:`Auto` picks a matrix-free solver.
+    """
+
+    matvec: Callable
+    n: int
+    shift: Any = 0.0
+    matrix: Callable | None = None
+    factor: Callable | None = None
+    matrix_free: bool = False
+
+
+class SolverState(NamedTuple):
+    """What ``solver.init(operator)`` prepared (a factor, a preconditioner).
+
+    Attributes:
+        solve: ``(b, x0) -> (x, info)`` for one right-hand side.
+        setup_matvecs: HVPs the preparation spent (sketch, dense matrix).
+        carry: what the next operator's ``init`` receives (a :class:`ReuseState`
+            for :class:`SpectralReuse`, else ``None``).
+        stats: solver-specific numbers for a history row (reuse refreshes, staleness).
+    """
+
+    solve: Callable
+    setup_matvecs: Any
+    carry: Any = None
+    stats: dict = {}
+
+
+class IHVPSolution(NamedTuple):
+    """The result of :func:`solve_ihvp`, one record for every solver.
+
+    Attributes:
+        value: (n,) ``u ~ H^{-1} b``.
+        info: :class:`IHVPInfo` (set-up HVPs included).
+        state: the :class:`ReuseState` to pass on (:class:`SpectralReuse`), else ``None``.
+    """
+
+    value: jnp.ndarray
+    info: IHVPInfo
+    state: Any = None
+
+
+class _Solver:
+    """Behaviour shared by the solver values (lineax's ``init`` / ``compute``).
+
+    ``init(operator, key=, carry=)`` prepares a :class:`SolverState` for one
+    operator; ``compute(state, b, x0=)`` solves one right-hand side with it, so
+    several solves with the same ``H`` share the factor or preconditioner.
+    """
+
+    #: Unbiased (converges to ``H^{-1} b``): can also solve the inner problem.
+    shares_inner: ClassVar[bool] = True
+
+    def __post_init__(self):
+        # Every field is checked by its name (the values are frozen dataclasses).
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in _FIELD_CHECKS and value is not None:
+                object.__setattr__(self, field.name, _FIELD_CHECKS[field.name](value, field.name))
+
+    def pick(self, n: int, matrix_free: bool = False) -> _Solver:
+        """The concrete solver this value stands for at dimension ``n``."""
+        return self
+
+    def empty_carry(self, n: int):
+        """The carry before the first operator (``None`` unless the solver keeps one)."""
+        return None
+
+    def init(self, operator: Operator, *, key=None, carry=None) -> SolverState:
+        raise NotImplementedError
+
+    def compute(self, state: SolverState, b, *, x0=None):
+        """``(x, info)`` for one right-hand side ``b`` (n,)."""
+        return state.solve(b, x0)
+
+    def _key(self, key):
+        return jax.random.PRNGKey(getattr(self, "seed", 0)) if key is None else key
+
+
+# --------------------------------------------------------------------------- #
+# Solver values
+# --------------------------------------------------------------------------- #
+_SKETCHES = ("coordinates", "gaussian", "kernel")
+
+
+def _sketch_name(value) -> str:
+    return check.one_of(value, _SKETCHES, "sketch")
+
+
+#: The check of each solver field, by name.
+_FIELD_CHECKS = {
+    "rank": check.positive_int,
+    "maxiter": check.positive_int,
+    "steps": check.positive_int,
+    "probes": check.positive_int,
+    "seed": lambda v, name: check.integer(v, name, minimum=0),
+    "tol": check.tolerance,
+    "rho": check.positive_scalar,
+    "lr": check.positive_scalar,
+    "tau": check.positive_scalar,
+    "sketch": lambda v, name: _sketch_name(v),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact(_Solver):
+    """Dense Cholesky of ``H`` (formed from ``n`` HVPs unless the matrix is given)."""
+
+    name: ClassVar[str] = "exact"
+
+    def init(self, operator, *, key=None, carry=None):
+        if operator.matrix_free:
+            raise ValueError("Exact() needs the dense matrix, which this problem never forms"
+                             " (matrix-free); use CG, NystromPCG, SpectralReuse or 'auto'")
+        n = operator.n
+        if operator.matrix is None:
+            H, spent = _apply_columns(operator.matvec, jnp.eye(n, dtype=jnp.float64)), n
+        else:
+            H, spent = operator.matrix(), 0
+        H = _require(H, _all_finite(H), _nonfinite_hvp_message("Exact()"))
+        Hs = 0.5 * (H + H.T)
+        L, _ = dense.cholesky(Hs)
+        L = _require(
+            L,
+            _all_finite(L),
+            "Exact(): the Hessian is not positive definite (Cholesky failed even with"
+            f" jitter {dense.JITTER_LEVELS[-1]:g} x mean diagonal); w_star may not be a minimum",
+        )
+
+        def solve(b, x0=None):
+            x = cho_solve((L, True), b)
+            return x, _info(0, _relative_residual(b, matmul(Hs, x)))
+
+        return SolverState(solve, jnp.asarray(spent, jnp.int32), carry)
+
+
+@dataclasses.dataclass(frozen=True)
+class CG(_Solver):
+    """Conjugate gradients: stop at ``|b - H u| <= tol |b|`` or ``maxiter`` iterations."""
+
+    maxiter: int = 1000
+    tol: float = 1e-10
+    name: ClassVar[str] = "cg"
+
+    def init(self, operator, *, key=None, carry=None):
+        def solve(b, x0=None):
+            return _pcg(operator.matvec, b, None, self.tol, self.maxiter, x0)
+
+        return SolverState(solve, jnp.asarray(0, jnp.int32), carry)
+
+
+@dataclasses.dataclass(frozen=True)
+class Neumann(_Solver):
+    r"""Truncated Neumann series ``u = lr sum_{t<steps} (I - lr H)^t b``.
+
+    Converges for ``0 < lr < 2/lambda_max(H)``; truncated at ``T`` terms it
+    acts like an extra damping of about ``1/(lr T)`` on the small eigenvalues.
+    """
+
+    steps: int
+    lr: float
+    name: ClassVar[str] = "neumann"
+    shares_inner: ClassVar[bool] = False
+
+    def init(self, operator, *, key=None, carry=None):
+        def solve(b, x0=None):
+            x, si = solvers.neumann(operator.matvec, b, steps=self.steps, lr=self.lr)
+            return x, _info(self.steps + 1, si.residual_norm, si.iterations)
+
+        return SolverState(solve, jnp.asarray(0, jnp.int32), carry)
+
+
+@dataclasses.dataclass(frozen=True)
+class Nystrom(_Solver):
+    r"""Hataya & Yamada's damped Nystrom-Woodbury iHVP ``(H_k + rho I)^{-1} b``.
+
+    Args:
+        rank: sketch size ``k`` (HVPs), at most the dimension.
+        rho: damping ``> 0``; the result is biased by it (see module docstring).
+        sketch: ``"coordinates"`` (``k`` random columns of ``H``, the paper's
+            choice), ``"gaussian"`` (same cost, better on coherent spectra) or
+            ``"kernel"`` (GP systems ``K + s^2 I`` only: randomly pivoted Cholesky
+            on ``k`` kernel columns, no HVPs; :func:`kernel_nystrom`).
+        seed: seed of the random sketch.
+    """
+
+    rank: int
+    rho: float
+    sketch: str = "coordinates"
+    seed: int = 0
+    name: ClassVar[str] = "nystrom"
+    shares_inner: ClassVar[bool] = False
+
+    def init(self, operator, *, key=None, carry=None):
+        # With a known shift (H = A + mu I) only A is sketched and the identity
+        # part is kept exactly: H_k = A_k + mu I; mu = 0 is Hataya & Yamada's case.
+        U, lam, sketched = _factor_or_sketch(self, operator, self._key(key))
+        damping = operator.shift + self.rho
+        full = self.rank == operator.n
+
+        def solve(b, x0=None):
+            if full:
+                # span(U) is all of R^n: the complement term (b - U U^T b)/rho is
+                # round-off divided by rho, so drop it (zero in exact arithmetic).
+                x = matmul(U, matmul(U.T, b) / (lam + damping))
+            else:
+                x = EigenLowRankPlusShift(U, lam, damping).solve(b)
+            return x, _info(1, _relative_residual(b, operator.matvec(x)))
+
+        return SolverState(solve, sketched, carry)
+
+
+@dataclasses.dataclass(frozen=True)
+class NystromPCG(_Solver):
+    r"""CG preconditioned by a rank-``k`` Nystrom factor of ``H`` (Frangella, Tropp & Udell).
+
+    ``P^{-1} = (lam_k + mu) U (Lam + mu I)^{-1} U^T + (I - U U^T)``; when
+    ``H = A + mu I`` with a known shift ``mu`` (``K + s^2 I``) the sketch is of
+    ``A``. Unbiased: it converges to ``tol`` like CG, in far fewer iterations
+    once ``rank`` exceeds the effective dimension. ``sketch`` as for
+    :class:`Nystrom`; ``"kernel"`` costs ``k`` kernel columns instead of ``k``
+    HVPs, which for a kernel matrix is ``k / N`` of the work.
+    """
+
+    rank: int
+    maxiter: int = 1000
+    tol: float = 1e-10
+    sketch: str = "gaussian"
+    seed: int = 0
+    name: ClassVar[str] = "nystrom_pcg"
+
+    def init(self, operator, *, key=None, carry=None):
+        U, lam, sketched = _factor_or_sketch(self, operator, self._key(key))
+        P = _preconditioner(U, lam, operator.shift)
+
+        def solve(b, x0=None):
+            return _pcg(operator.matvec, b, P, self.tol, self.maxiter, x0)
+
+        return SolverState(solve, sketched, carry)
+
+
+# --------------------------------------------------------------------------- #
 # Spectral reuse
 # --------------------------------------------------------------------------- #
 class ReuseState(NamedTuple):
@@ -188,7 +351,7 @@ class ReuseState(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class SpectralReuse:
+class SpectralReuse(_Solver):
     r"""Nystrom-PCG whose basis is reused across outer steps (see module docstring).
 
     Args:
@@ -200,10 +363,10 @@ class SpectralReuse:
         sketch: sketch of a refresh, ``"gaussian"`` or ``"coordinates"``.
         seed: seed of sketches and probes (folded with the step counter).
 
-    Usage (a functional object: the state is explicit)::
+    The carry is a :class:`ReuseState`, passed from one operator to the next::
 
         reuse = SpectralReuse(rank=100)
-        state = reuse.init(n)
+        state = reuse.empty_carry(n)      # or reuse.init(n)
         for step in ...:
             u, info, state = reuse.solve(state, hvp, b, key=jax.random.PRNGKey(step))
     """
@@ -218,18 +381,11 @@ class SpectralReuse:
     name: ClassVar[str] = "spectral_reuse"
 
     def __post_init__(self):
-        object.__setattr__(self, "rank", check.positive_int(self.rank, "rank"))
-        object.__setattr__(self, "tau", check.positive_scalar(self.tau, "tau"))
-        if self.probes is not None:
-            p = check.positive_int(self.probes, "probes")
-            if p < 2:
-                raise ValueError(f"`probes` must be >= 2 (or None for exact); got {p}")
-            object.__setattr__(self, "probes", p)
-        object.__setattr__(self, "maxiter", check.positive_int(self.maxiter, "maxiter"))
-        object.__setattr__(self, "tol", check.tolerance(self.tol))
-        object.__setattr__(self, "sketch", _sketch_name(self.sketch))
+        super().__post_init__()
+        if self.probes is not None and self.probes < 2:
+            raise ValueError(f"`probes` must be >= 2 (or None for exact); got {self.probes}")
 
-    def init(self, n: int) -> ReuseState:
+    def empty_carry(self, n: int) -> ReuseState:
         """An empty state for dimension ``n`` (the first update sketches)."""
         _check_rank(self.rank, n)
         f64 = jnp.float64
@@ -244,46 +400,100 @@ class SpectralReuse:
             reference=jnp.asarray(jnp.nan, f64),
         )
 
-    def update(self, state: ReuseState, matvec, *, shift=0.0, key=None):
-        """Correct or refresh the basis for the current operator ``H = A + shift I``.
+    def init(self, operator, *, key=None, carry=None):
+        """Correct or refresh the basis ``carry`` for ``operator`` (an int ``n``: an
+        empty :class:`ReuseState`, the former use of this method)."""
+        if isinstance(operator, int):
+            return self.empty_carry(operator)
+        carry = self.empty_carry(operator.n) if carry is None else carry
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), carry.steps) if key is None else key
+        new, P, spent = _reuse_update(self, carry, operator.matvec, operator.shift, key)
 
-        Returns:
-            ``(state, precond, matvecs)``: the new state, ``v -> P^{-1} v`` and the
-            HVPs this maintenance cost.
-        """
+        def solve(b, x0=None):
+            return _pcg(operator.matvec, b, P, self.tol, self.maxiter, x0)
+
+        stats = {"refreshed": new.refreshes - carry.refreshes, "staleness": new.staleness}
+        return SolverState(solve, spent, new, stats)
+
+    def update(self, state: ReuseState, matvec, *, shift=0.0, key=None):
+        """Correct or refresh the basis for ``H = A + shift I``: ``(state, precond, matvecs)``."""
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), state.steps) if key is None else key
         return _reuse_update(self, state, matvec, shift, key)
 
     def solve(self, state: ReuseState, matvec, b, *, shift=0.0, x0=None, key=None):
         """``u ~ H^{-1} b`` by PCG with the maintained preconditioner: ``(u, info, state)``."""
-        state, precond, spent = self.update(state, matvec, shift=shift, key=key)
-        u, info = _pcg(matvec, b, precond, self.tol, self.maxiter, x0)
-        return u, info._replace(matvecs=info.matvecs + spent), state
-
-
-Solver = Exact | CG | Neumann | Nystrom | NystromPCG | SpectralReuse
-_SOLVER_TYPES = (Exact, CG, Neumann, Nystrom, NystromPCG, SpectralReuse)
+        prepared = self.init(Operator(matvec, state.basis.shape[0], shift), key=key, carry=state)
+        u, info = prepared.solve(b, x0)
+        return u, info._replace(matvecs=info.matvecs + prepared.setup_matvecs), prepared.carry
 
 
 def _on_gpu() -> bool:
     return jax.default_backend() in ("gpu", "cuda", "rocm")
 
 
-def resolve_solver(solver, n: int):
-    """The solver value that ``solver`` means at dimension ``n`` (resolves ``"auto"``)."""
-    if isinstance(solver, str):
-        if solver != "auto":
-            raise ValueError(
-                f"`solver` must be 'auto' or a solver value (Exact(), CG(...), Neumann(...),"
-                f" Nystrom(...), NystromPCG(...), SpectralReuse(...)); got {solver!r}"
-            )
-        limit = AUTO_DENSE_MAX["gpu" if _on_gpu() else "cpu"]
-        if n <= limit:
+@dataclasses.dataclass(frozen=True)
+class Auto(_Solver):
+    r"""Picks a solver from the operator's size and structure, and warns when it falls short.
+
+    :class:`Exact` up to ``AUTO_DENSE_MAX`` (per platform) where ``H`` may be
+    formed; above, or matrix-free, :class:`NystromPCG` of rank ``AUTO_RANK``. A
+    solve that ends with a relative residual above ``tol`` raises a
+    ``RuntimeWarning`` (eagerly and under ``jit``): the picked solver fell short
+    (ill-conditioned ``H``, or PCG stopped at ``maxiter``). ``solver="auto"``
+    means ``Auto()``.
+    """
+
+    tol: float = AUTO_TOL
+    name: ClassVar[str] = "auto"
+
+    def pick(self, n: int, matrix_free: bool = False) -> _Solver:
+        if not matrix_free and n <= AUTO_DENSE_MAX["gpu" if _on_gpu() else "cpu"]:
             return Exact()
-        return NystromPCG(rank=min(AUTO_RANK, n - 1), maxiter=AUTO_MAXITER, tol=AUTO_TOL)
-    if not isinstance(solver, _SOLVER_TYPES):
-        raise ValueError(f"`solver` must be 'auto' or a solver value; got {type(solver).__name__}")
-    return solver
+        return NystromPCG(rank=max(1, min(AUTO_RANK, n - 1)), maxiter=AUTO_MAXITER, tol=self.tol)
+
+    def init(self, operator, *, key=None, carry=None):
+        chosen = self.pick(operator.n, operator.matrix_free)
+        state = chosen.init(operator, key=key, carry=carry)
+
+        def solve(b, x0=None):
+            x, info = state.solve(b, x0)
+            jax.debug.callback(_warn_above, info.residual_norm, self.tol, repr(chosen))
+            return x, info
+
+        return state._replace(solve=solve)
+
+
+def _warn_above(residual, tol: float, chosen: str) -> None:
+    worst = float(np.max(np.asarray(residual)))
+    if not worst <= tol:
+        warnings.warn(
+            f"solver='auto' picked {chosen}, whose solve ended with relative residual"
+            f" {worst:.2e} above the tolerance {tol:g}: H is ill-conditioned or the"
+            " iterations ran out; pass a solver value (e.g. NystromPCG(rank=..., maxiter=...))"
+            " or raise the noise variance",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+Solver = Exact | CG | Neumann | Nystrom | NystromPCG | SpectralReuse | Auto
+
+
+def as_solver(solver) -> _Solver:
+    """The solver value ``solver`` means (``"auto"`` is :class:`Auto`); the one check."""
+    if isinstance(solver, _Solver):
+        return solver
+    if isinstance(solver, str) and solver == "auto":
+        return Auto()
+    raise ValueError(
+        "`solver` must be 'auto' or a solver value (Auto(), Exact(), CG(...), Neumann(...),"
+        f" Nystrom(...), NystromPCG(...), SpectralReuse(...)); got {solver!r}"
+    )
+
+
+def resolve_solver(solver, n: int):
+    """The concrete solver that ``solver`` stands for at dimension ``n`` (resolves ``"auto"``)."""
+    return as_solver(solver).pick(n)
 
 
 def _check_rank(rank: int, n: int) -> None:
@@ -509,18 +719,10 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
 
 
 # --------------------------------------------------------------------------- #
-# The iHVP dispatcher
+# The iHVP
 # --------------------------------------------------------------------------- #
-def _dense_solve(Hmat, b, spent):
-    Hs = 0.5 * (Hmat + Hmat.T)
-    L, _ = dense.cholesky(Hs)
-    x = cho_solve((L, True), b)
-    ok = _all_finite(L)
-    return x, _info(spent, _relative_residual(b, matmul(Hs, x))), ok
-
-
 def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, state=None,
-               factor=None):
+               factor=None) -> IHVPSolution:
     r"""Inverse Hessian-vector product ``u ~ H^{-1} b`` with the chosen solver.
 
     Args:
@@ -532,96 +734,67 @@ def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, 
         matrix: optional dense ``H`` (n, n) for :class:`Exact` (saves n HVPs).
         x0: warm start for the CG-type solvers.
         key: PRNG key for sketches (default from the solver's ``seed``).
-        state: a :class:`ReuseState` for :class:`SpectralReuse`.
-        factor: a Nystrom eigen-factor ``(U, lam)`` of ``A`` (``H = A + shift I``)
-            the caller already has, e.g. :func:`kernel_nystrom`; :class:`Nystrom`
-            and :class:`NystromPCG` then skip their sketch. Required for
-            ``sketch="kernel"``.
+        state: a :class:`ReuseState` carried from the previous call of a
+            :class:`SpectralReuse`.
+        factor: the Nystrom eigen-factor ``(U, lam)`` of ``A`` (``H = A + shift I``)
+            that a ``sketch="kernel"`` solver reads (:func:`kernel_nystrom`);
+            required for, and only for, such a solver.
 
     Returns:
-        ``(u, info)`` or, when ``state`` is given, ``(u, info, state)``.
+        An :class:`IHVPSolution` ``(value, info, state)``; unpack it as
+        ``u, info, state = solve_ihvp(...)``.
 
     Raises:
         ValueError: ``rank`` larger than ``n``; non-finite HVPs or a Hessian that is
             not positive definite (a runtime error naming it under ``jit``).
     """
+    solver = as_solver(solver)
     b = jnp.asarray(b, dtype=jnp.float64)
     if b.ndim != 1:
         raise ValueError(f"`b` must be a 1-D array (n,); got shape {b.shape}")
     n = b.shape[0]
-    solver = resolve_solver(solver, n)
-    seed = getattr(solver, "seed", 0)
-    key = jax.random.PRNGKey(seed) if key is None else key
-    shift = jnp.asarray(shift, dtype=jnp.float64)
-    name = type(solver).__name__
-
-    if isinstance(solver, SpectralReuse):
-        fresh = state is None
-        state = solver.init(n) if fresh else state
-        x, info, state = solver.solve(state, matvec, b, shift=shift, x0=x0, key=key)
-        x = _require(x, _all_finite(x), _nonfinite_solution_message(name))
-        return (x, info) if fresh else (x, info, state)
-    if state is not None:
-        raise ValueError("`state` is only used by SpectralReuse")
-
-    if isinstance(solver, Exact):
-        if matrix is None:
-            matrix = _apply_columns(matvec, jnp.eye(n, dtype=b.dtype))
-            spent = n
-        else:
-            spent = 0
-        matrix = _require(matrix, _all_finite(matrix), _nonfinite_hvp_message("Exact()"))
-        x, info, ok = _dense_solve(matrix, b, spent)
-        x = _require(
-            x,
-            ok,
-            "Exact(): the Hessian is not positive definite (Cholesky failed even with"
-            f" jitter {dense.JITTER_LEVELS[-1]:g} x mean diagonal); w_star may not be a minimum",
-        )
-        return x, info
-    if isinstance(solver, CG):
-        x, info = _pcg(matvec, b, None, solver.tol, solver.maxiter, x0)
-    elif isinstance(solver, Neumann):
-        x, si = solvers.neumann(matvec, b, steps=solver.steps, lr=solver.lr)
-        info = _info(solver.steps + 1, si.residual_norm, si.iterations)
-    elif isinstance(solver, Nystrom):
-        _check_rank(solver.rank, n)
-        # With a known shift (H = A + mu I) only A is sketched and the identity
-        # part is kept exactly: H_k = A_k + mu I; mu = 0 is Hataya & Yamada's case.
-        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, shift, n, key)
-        damping = shift + solver.rho
-        if solver.rank == n:
-            # span(U) is all of R^n: the complement term (b - U U^T b)/rho is
-            # round-off divided by rho, so drop it (it is zero in exact arithmetic).
-            x = matmul(U, matmul(U.T, b) / (lam + damping))
-        else:
-            x = EigenLowRankPlusShift(U, lam, damping).solve(b)
-        info = _info(sketched + 1, _relative_residual(b, matvec(x)))
-    else:  # NystromPCG
-        _check_rank(solver.rank, n)
-        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, shift, n, key)
-        x, info = _pcg(matvec, b, _preconditioner(U, lam, shift), solver.tol, solver.maxiter, x0)
-        info = info._replace(matvecs=info.matvecs + sketched)
-    ok = _all_finite(x) & jnp.isfinite(info.residual_norm)
-    x = _require(x, ok, _nonfinite_solution_message(name))
-    return x, info
-
-
-def _factor_or_sketch(solver, factor, matvec, shift, n: int, key):
-    """``(U, lam, HVPs spent)``: the caller's factor, else a sketch of ``A = H - shift I``."""
     if factor is not None:
-        U, lam = factor
-        if U.shape != (n, solver.rank) or lam.shape != (solver.rank,):
-            raise ValueError(
-                f"`factor` must be (U (n, rank), lam (rank,)) = ({(n, solver.rank)},"
-                f" {(solver.rank,)}); got {U.shape} and {lam.shape}")
-        return U, lam, 0
+        if getattr(solver, "sketch", None) != "kernel":
+            raise ValueError("`factor` is what a sketch='kernel' solver reads; got it with"
+                             f" {solver!r}, which would ignore it")
+        given = factor
+
+        def factor(rank, key):
+            U, lam = given
+            if U.shape != (n, rank) or lam.shape != (rank,):
+                raise ValueError(
+                    f"`factor` must be (U (n, rank), lam (rank,)) = ({(n, rank)}, {(rank,)});"
+                    f" got {U.shape} and {lam.shape}")
+            return U, lam
+
+    operator = Operator(
+        matvec, n, jnp.asarray(shift, dtype=jnp.float64),
+        matrix=None if matrix is None else (lambda: jnp.asarray(matrix, jnp.float64)),
+        factor=factor,
+    )
+    prepared = solver.init(operator, key=key, carry=state)
+    x, info = solver.compute(prepared, b, x0=x0)
+    ok = _all_finite(x) & jnp.isfinite(info.residual_norm)
+    x = _require(x, ok, _nonfinite_solution_message(type(solver).__name__))
+    info = info._replace(matvecs=info.matvecs + prepared.setup_matvecs)
+    return IHVPSolution(x, info, prepared.carry)
+
+
+def _factor_or_sketch(solver, operator: Operator, key):
+    """``(U, lam, HVPs spent)``: the operator's factor, else a sketch of ``A = H - shift I``."""
+    n = operator.n
+    _check_rank(solver.rank, n)
     if solver.sketch == "kernel":
-        raise ValueError("sketch='kernel' reads kernel columns: pass `factor=kernel_nystrom(...)`"
-                         " or use it through optimize_hyperparameters")
-    U, lam, ok = _sketch(_shifted_out(matvec, shift), n, solver.rank, solver.sketch, key)
+        if operator.factor is None:
+            raise ValueError("sketch='kernel' reads kernel columns: pass"
+                             " `factor=kernel_nystrom(...)` or use it through"
+                             " optimize_hyperparameters")
+        U, lam = operator.factor(solver.rank, key)
+        return U, lam, jnp.asarray(0, jnp.int32)
+    A = _shifted_out(operator.matvec, operator.shift)
+    U, lam, ok = _sketch(A, n, solver.rank, solver.sketch, key)
     U = _require(U, ok, _nonfinite_hvp_message("the Nystrom sketch"))
-    return U, lam, solver.rank
+    return U, lam, jnp.asarray(solver.rank, jnp.int32)
 
 
 def _nonfinite_solution_message(name: str) -> str:

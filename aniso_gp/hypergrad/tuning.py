@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,36 +14,19 @@ import numpy as np
 import optax
 import pandas as pd
 from jax.flatten_util import ravel_pytree
-from jax.scipy.linalg import cho_solve
 
 from aniso_gp import _validation as check
 from aniso_gp import kernels
 from aniso_gp.hypergrad.solvers import (
-    AUTO_DENSE_MAX,
-    AUTO_MAXITER,
-    AUTO_RANK,
-    AUTO_TOL,
-    CG,
-    Exact,
-    Nystrom,
-    NystromPCG,
-    ReuseState,
-    SpectralReuse,
+    Auto,
+    Operator,
     _all_finite,
-    _check_rank,
-    _factor_or_sketch,
     _info,
-    _on_gpu,
-    _pcg,
-    _preconditioner,
-    _relative_residual,
     _require,
+    as_solver,
     kernel_nystrom,
-    resolve_solver,
-    solve_ihvp,
 )
 from aniso_gp.kernels import kernel_apply
-from aniso_gp.linalg import dense
 from aniso_gp.linalg.operators import matmul
 
 #: Above this many training points :func:`optimize_hyperparameters` never forms
@@ -57,7 +38,7 @@ _BLOCK = 2048
 # --------------------------------------------------------------------------- #
 # GP hyperparameter optimisation on a validation loss
 # --------------------------------------------------------------------------- #
-_KERNELS = ("rotated", "ard")
+_KERNELS = tuple(k for k in kernels.KERNELS if k != "full")  # gp_params has no Cholesky
 _OBJECTIVES = ("nlpd", "mse")
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -130,56 +111,12 @@ def _validation_loss(objective, mu, var, yv):
     return 0.5 * jnp.mean(_LOG_2PI + jnp.log(var) + (yv - mu) ** 2 / var)
 
 
-class _Plan(NamedTuple):
-    """How one outer step solves with ``H``: ``solve(b, x0) -> (x, info)`` plus its set-up cost."""
-
-    solve: Callable
-    setup_matvecs: jnp.ndarray
-    state: Any
-
-
-def _make_plan(solver, matvec, n, s2, dense_H, key, state, kernel_factor=None):
-    """Factorise / precondition ``H`` once per step for the solves that share it."""
-    if isinstance(solver, Exact):
-        Hs = dense_H()
-        L, _ = dense.cholesky(Hs)
-        L = _require(L, _all_finite(L), "Exact(): K + s^2 I is not positive definite")
-
-        def solve(b, x0=None):
-            x = cho_solve((L, True), b)
-            return x, _info(0, _relative_residual(b, matmul(Hs, x)))
-
-        return _Plan(solve, jnp.asarray(0, jnp.int32), state)
-    if isinstance(solver, CG):
-        return _Plan(
-            lambda b, x0=None: _pcg(matvec, b, None, solver.tol, solver.maxiter, x0),
-            jnp.asarray(0, jnp.int32),
-            state,
-        )
-    if isinstance(solver, NystromPCG):
-        _check_rank(solver.rank, n)
-        factor = kernel_factor(solver.rank, key) if solver.sketch == "kernel" else None
-        U, lam, sketched = _factor_or_sketch(solver, factor, matvec, s2, n, key)
-        P = _preconditioner(U, lam, s2)
-        return _Plan(
-            lambda b, x0=None: _pcg(matvec, b, P, solver.tol, solver.maxiter, x0),
-            jnp.asarray(sketched, jnp.int32),
-            state,
-        )
-    if isinstance(solver, SpectralReuse):
-        state, P, spent = solver.update(state, matvec, shift=s2, key=key)
-        return _Plan(
-            lambda b, x0=None: _pcg(matvec, b, P, solver.tol, solver.maxiter, x0), spent, state
-        )
-    raise TypeError(f"{type(solver).__name__} cannot solve the inner problem")
-
-
-def _solve_columns(plan, B, X0):
+def _solve_columns(solver, state, B, X0):
     """``H^{-1} B`` column by column (B (n, m)); info summed over columns."""
-    if X0 is None:
-        X, info = jax.vmap(lambda b: plan.solve(b), in_axes=1, out_axes=(1, 0))(B)
-    else:
-        X, info = jax.vmap(plan.solve, in_axes=(1, 1), out_axes=(1, 0))(B, X0)
+    def one(b, x0):
+        return solver.compute(state, b, x0=x0)
+
+    X, info = jax.vmap(one, in_axes=(1, None if X0 is None else 1), out_axes=(1, 0))(B, X0)
     return X, _info(jnp.sum(info.matvecs), jnp.max(info.residual_norm), jnp.max(info.iterations))
 
 
@@ -195,7 +132,7 @@ def _gp_hypergrad_step(
     CG-type solves (zeros for a cold start; PCG then starts from 0 and the check
     costs one HVP). Returns ``(val_loss, grad, carry, metrics)``.
     """
-    state, w_prev, V_prev, u_prev = carry
+    carry_in, w_prev, V_prev, u_prev = carry
     n = Xt.shape[0]
     params, s2 = gp_params(theta, kernel)
     if block is None:
@@ -204,7 +141,7 @@ def _gp_hypergrad_step(
         def matvec(v):
             return matmul(K, v) + s2 * v
 
-        def dense_H():
+        def matrix():
             return K + s2 * jnp.eye(n, dtype=K.dtype)
 
     else:
@@ -212,19 +149,21 @@ def _gp_hypergrad_step(
         def matvec(v):
             return kernel_apply(Xt, Xt, params, base, v, block) + s2 * v
 
-        def dense_H():
-            raise ValueError("Exact() needs the dense kernel matrix; use a matrix-free solver")
+        matrix = None
 
-    k_inner, k_ihvp = jax.random.split(key)
     def kernel_factor(rank, key):
         return kernel_nystrom(Xt, params, base, rank, key)
 
-    plan = _make_plan(inner, matvec, n, s2, dense_H, k_inner, state, kernel_factor)
-    shared = inner is solver
-    w, info_w = plan.solve(yt, w_prev)
+    H = Operator(matvec, n, s2, matrix=matrix, factor=kernel_factor,
+                 matrix_free=block is not None)
+    k_inner, k_ihvp = jax.random.split(key)
+    # One factor / preconditioner of H per step serves the weight solve, the
+    # variance solves and, when the iHVP solver is the inner one, the iHVP.
+    prepared = inner.init(H, key=k_inner, carry=carry_in)
+    w, info_w = inner.compute(prepared, yt, x0=w_prev)
     if objective == "nlpd":
         Ktv = kernels.gram(Xt, Xv, params, base)  # (n, m): needed whole, as V is
-        V, info_v = _solve_columns(plan, Ktv, V_prev)
+        V, info_v = _solve_columns(inner, prepared, Ktv, V_prev)
     else:
         V, info_v = None, _info(0, 0.0)
 
@@ -243,13 +182,12 @@ def _gp_hypergrad_step(
         return _validation_loss("nlpd", mu, var, yv)
 
     loss, g_w = jax.value_and_grad(val_loss)(w, theta)
-    if shared:  # the inner solve's factor / preconditioner serves the iHVP too
-        u, info_u = plan.solve(g_w, u_prev)
+    if inner == solver:
+        u, info_u = inner.compute(prepared, g_w, x0=u_prev)
     else:
-        factor = (kernel_factor(solver.rank, k_ihvp)
-                  if getattr(solver, "sketch", None) == "kernel" else None)
-        u, info_u = solve_ihvp(solver, matvec, g_w, shift=s2, key=k_ihvp, factor=factor)
-    new_state = plan.state
+        own = solver.init(H, key=k_ihvp)
+        u, info_u = solver.compute(own, g_w, x0=u_prev)
+        info_u = info_u._replace(matvecs=info_u.matvecs + own.setup_matvecs)
 
     def surrogate(theta_):
         """``g(w, theta) - u^T (K(theta) + s^2(theta) I) w``, w and u fixed: gradient dg/dtheta."""
@@ -261,41 +199,26 @@ def _gp_hypergrad_step(
     metrics = {
         "inner_matvecs": info_w.matvecs + info_v.matvecs,
         "ihvp_matvecs": info_u.matvecs,
-        "precond_matvecs": plan.setup_matvecs,
+        "precond_matvecs": prepared.setup_matvecs,
         "residual": info_u.residual_norm,
         "inner_residual": jnp.maximum(info_w.residual_norm, info_v.residual_norm),
         "ihvp_iterations": info_u.iterations,
         "inner_iterations": info_w.iterations,
+        **prepared.stats,
     }
-    if isinstance(new_state, ReuseState):
-        metrics["refreshed"] = new_state.refreshes - (0 if state is None else state.refreshes)
-        metrics["staleness"] = new_state.staleness
-    return loss, grad, (new_state, w, V, u), metrics
+    return loss, grad, (prepared.carry, w, V, u), metrics
 
 
-def _inner_solver_for(solver, n: int, matrix_free: bool):
-    """The solver of the inner (weight) problem: shared with the iHVP when it can be."""
-    if isinstance(solver, (Exact, CG, NystromPCG, SpectralReuse)):
-        return solver
-    if matrix_free or n > AUTO_DENSE_MAX["gpu" if _on_gpu() else "cpu"]:
-        return NystromPCG(rank=min(AUTO_RANK, n - 1), maxiter=AUTO_MAXITER, tol=AUTO_TOL)
-    return Exact()
+def _inner_and_ihvp(solver):
+    """``(inner, solver)``: the iHVP solver value and the one of the inner (weight)
+    problem, the same value when it is unbiased (its factor then serves both)."""
+    solver = as_solver(solver)
+    return (solver if solver.shares_inner else Auto()), solver
 
 
-def validation_hypergradient(
-    theta: dict,
-    X_train,
-    y_train,
-    X_val,
-    y_val,
-    kernel: str = "rotated",
-    base: str = "rbf",
-    solver="auto",
-    objective: str = "mse",
-    *,
-    seed: int = 0,
-    matrix_free: bool = False,
-):
+def validation_hypergradient(theta: dict, X_train, y_train, X_val, y_val, kernel: str = "rotated",
+                             base: str = "rbf", solver="auto", objective: str = "mse", *,
+                             seed: int = 0, matrix_free: bool = False):
     r"""Validation loss and its hypergradient at unconstrained ``theta`` (one outer step).
 
     The same computation as one step of :func:`optimize_hyperparameters`, on the
@@ -315,14 +238,8 @@ def validation_hypergradient(
     yt = check.values(y_train, Xt.shape[0], "y_train")
     Xv = check.coordinates(X_val, "X_val")
     yv = check.values(y_val, Xv.shape[0], "y_val")
-    n = Xt.shape[0]
-    solver = resolve_solver(solver, n)
-    if matrix_free and isinstance(solver, Exact):
-        raise ValueError("Exact() needs the dense kernel matrix; it cannot run matrix-free")
-    if isinstance(solver, (Nystrom, NystromPCG, SpectralReuse)):
-        _check_rank(solver.rank, n)
-    inner = _inner_solver_for(solver, n, matrix_free)
-    carry = _cold_carry(inner, n, Xv.shape[0], objective)
+    inner, solver = _inner_and_ihvp(solver)
+    carry = _cold_carry(inner, Xt.shape[0], Xv.shape[0], objective)
     loss, grad, _, metrics = _gp_hypergrad_step(
         _strong(theta), carry, jax.random.PRNGKey(seed), Xt, yt, Xv, yv,
         kernel=kernel, base=base, objective=objective, solver=solver, inner=inner,
@@ -332,9 +249,8 @@ def validation_hypergradient(
 
 
 def _cold_carry(inner, n: int, m: int, objective: str, state=None):
-    """Zero warm starts (and a fresh reuse state unless one is passed on)."""
-    if state is None and isinstance(inner, SpectralReuse):
-        state = inner.init(n)
+    """Zero warm starts (and the solver's empty carry unless one is passed on)."""
+    state = inner.empty_carry(n) if state is None else state
     V0 = jnp.zeros((n, m)) if objective == "nlpd" else None
     return (state, jnp.zeros(n), V0, jnp.zeros(n))
 
@@ -348,23 +264,11 @@ def _metrics_row(metrics: dict) -> dict:
     return row
 
 
-def optimize_hyperparameters(
-    X_train,
-    y_train,
-    X_val,
-    y_val,
-    kernel: str = "rotated",
-    base: str = "rbf",
-    solver="auto",
-    objective: str = "nlpd",
-    steps: int = 100,
-    learning_rate: float = 0.05,
-    seed: int = 0,
-    *,
-    init: dict | None = None,
-    warm_start: bool = True,
-    matrix_free: bool | None = None,
-) -> tuple[dict, pd.DataFrame]:
+def optimize_hyperparameters(X_train, y_train, X_val, y_val, kernel: str = "rotated",
+                             base: str = "rbf", solver="auto", objective: str = "nlpd",
+                             steps: int = 100, learning_rate: float = 0.05, seed: int = 0, *,
+                             init: dict | None = None, warm_start: bool = True,
+                             matrix_free: bool | None = None) -> tuple[dict, pd.DataFrame]:
     r"""Tune kernel hyperparameters on a validation loss by implicit hypergradients.
 
     Inner problem: ``w* = argmin 1/2 w^T (K + s^2 I) w - y^T w = (K + s^2 I)^{-1} y``
@@ -417,12 +321,7 @@ def optimize_hyperparameters(
     n = Xt.shape[0]
     matrix_free = n > MATRIX_FREE_MIN if matrix_free is None else bool(matrix_free)
     block = _BLOCK if matrix_free else None
-    solver = resolve_solver(solver, n)
-    if matrix_free and isinstance(solver, Exact):
-        raise ValueError("Exact() needs the dense kernel matrix; it cannot run matrix-free")
-    if isinstance(solver, (Nystrom, NystromPCG, SpectralReuse)):
-        _check_rank(solver.rank, n)
-    inner = _inner_solver_for(solver, n, matrix_free)
+    inner, solver = _inner_and_ihvp(solver)
     theta = _initial_theta(Xt, kernel, init, y_sd)
 
     def step_fn(th, carry, key):
@@ -467,7 +366,7 @@ def optimize_hyperparameters(
     if kernel == "rotated":
         out["axis_angle"] = np.asarray(params["axis_angle"])
     history = pd.DataFrame(rows)
-    history.attrs["solver"] = repr(solver)
-    history.attrs["inner_solver"] = repr(inner)
+    history.attrs["solver"] = repr(solver.pick(n, matrix_free))
+    history.attrs["inner_solver"] = repr(inner.pick(n, matrix_free))
     history.attrs["objective"] = objective
     return out, history

@@ -119,7 +119,30 @@ def _scale_rows(d: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
     return d * v if v.ndim == 1 else d[:, None] * v
 
 
-class LowRankPlusDiagonal(eqx.Module):
+class _LowRankOperator(eqx.Module):
+    """What the two low-rank operators share: ``U`` (N, m) and a square root
+    ``S`` (N, N + m) with ``S S^T = A`` (each defines ``sqrt_matvec``)."""
+
+    U: eqx.AbstractVar[jnp.ndarray]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n = self.U.shape[0]
+        return (n, n)
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[1]
+
+    @eqx.filter_jit
+    def sample(self, key, shape: tuple[int, ...] = ()) -> jnp.ndarray:
+        """Draws from ``N(0, A)``, shape ``shape + (N,)``: ``S eps`` (see ``sqrt_matvec``)."""
+        n, m = self.U.shape
+        eps = jax.random.normal(key, tuple(shape) + (n + m,), dtype=self.U.dtype)
+        return self.sqrt_matvec(eps)
+
+
+class LowRankPlusDiagonal(_LowRankOperator):
     r"""``A = U U^T + diag(d)``, symmetric positive definite.
 
     Args:
@@ -155,15 +178,6 @@ class LowRankPlusDiagonal(eqx.Module):
     def from_eigen(cls, U, lam, shift) -> EigenLowRankPlusShift:
         """The eigen-form ``U diag(lam) U^T + shift I`` (see :class:`EigenLowRankPlusShift`)."""
         return EigenLowRankPlusShift(U, lam, shift)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        n = self.U.shape[0]
-        return (n, n)
-
-    @property
-    def rank(self) -> int:
-        return self.U.shape[1]
 
     @eqx.filter_jit
     def matvec(self, v: jnp.ndarray) -> jnp.ndarray:
@@ -231,19 +245,12 @@ class LowRankPlusDiagonal(eqx.Module):
         return jnp.sqrt(self.d) * eps[..., :n] + matmul(eps[..., n:], self.U.T)
 
     @eqx.filter_jit
-    def sample(self, key, shape: tuple[int, ...] = ()) -> jnp.ndarray:
-        """Draws from ``N(0, A)``, shape ``shape + (N,)``: ``S eps`` (see :meth:`sqrt_matvec`)."""
-        n, m = self.U.shape
-        eps = jax.random.normal(key, tuple(shape) + (n + m,), dtype=self.U.dtype)
-        return self.sqrt_matvec(eps)
-
-    @eqx.filter_jit
     def to_dense(self) -> jnp.ndarray:
         """The (N, N) matrix; for tests and small N only."""
         return matmul(self.U, self.U.T) + jnp.diag(self.d)
 
 
-class EigenLowRankPlusShift(eqx.Module):
+class EigenLowRankPlusShift(_LowRankOperator):
     r"""``A = U diag(lam) U^T + s I`` with orthonormal ``U`` (a truncated eigen-decomposition).
 
     Args:
@@ -285,15 +292,6 @@ class EigenLowRankPlusShift(eqx.Module):
         self.U = U
         self.lam = lam
         self.shift = shift
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        n = self.U.shape[0]
-        return (n, n)
-
-    @property
-    def rank(self) -> int:
-        return self.U.shape[1]
 
     def _project(self, v):
         return matmul(self.U.T, v)
@@ -342,13 +340,6 @@ class EigenLowRankPlusShift(eqx.Module):
         return jnp.sqrt(self.shift) * eps[..., :n] + matmul(
             eps[..., n:] * jnp.sqrt(self.lam), self.U.T
         )
-
-    @eqx.filter_jit
-    def sample(self, key, shape: tuple[int, ...] = ()) -> jnp.ndarray:
-        """Draws from ``N(0, A)`` of shape ``shape + (N,)``."""
-        n, m = self.U.shape
-        eps = jax.random.normal(key, tuple(shape) + (n + m,), dtype=self.U.dtype)
-        return self.sqrt_matvec(eps)
 
     @eqx.filter_jit
     def to_dense(self) -> jnp.ndarray:
