@@ -34,6 +34,15 @@ os.environ.setdefault(
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import sys  # noqa: E402
+
+# ArviZ 1.x, when imported before NumPyro, leaves a lazy placeholder for it in
+# sys.modules. If the first thing to load NumPyro is then an import of one of its
+# submodules, the package runs twice and the second numpyro.distributions lacks its
+# `distribution` attribute, which numpyro.factor reads. Loading the placeholder now
+# (any attribute access does it) avoids that; a real module is left as it is.
+getattr(sys.modules.get("numpyro"), "__name__", None)
+
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

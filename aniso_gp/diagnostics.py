@@ -1,6 +1,10 @@
-"""The one module that talks to ArviZ (0.x): InferenceData, R-hat/ESS on invariants, LOO.
+"""The one module that talks to ArviZ: InferenceData, R-hat/ESS on invariants, LOO.
 
-Keeping every ArviZ call here makes a move to ArviZ 1.x a one-file change.
+Both ArviZ lines work: 1.x (arviz-base / arviz-stats, Python >= 3.12; the
+posterior is an ``xarray.DataTree``) and 0.x (Python 3.11; ``az.InferenceData``).
+The few calls whose form differs are adapted here and nowhere else; the rest of
+the package reads groups by name (``idata.posterior["x"]``), which both support,
+and fits saved by either line load in the other (the same NetCDF groups).
 R-hat and ESS are only meaningful on quantities that do not depend on the
 labelling of the principal axes (docs/design.md section 3): the sorted
 length-scales, the metric entries, signal, noise and mean.
@@ -11,12 +15,18 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import numpyro  # noqa: F401  (before ArviZ: see the note in aniso_gp/__init__.py)
 import pandas as pd
 
 with warnings.catch_warnings():
-    # ArviZ 0.23 announces its 1.x refactor on import; we pin the 0.x line.
+    # ArviZ 0.23 announces its 1.x refactor on import (0.x serves Python 3.11).
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az
+
+#: The ArviZ line in use: 1 (DataTree, arviz-stats) or 0 (InferenceData).
+ARVIZ_LINE = 1 if int(az.__version__.split(".")[0]) >= 1 else 0
+#: Tail ESS: the smaller of the ESS of the 5% and 95% quantiles (both lines).
+_TAIL = (0.05, 0.95)
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -32,17 +42,14 @@ def max_rhat(chains) -> float:
 
 def inference_data(posterior, sample_stats, log_likelihood, observed, constant, coords, dims,
                    attrs=None):
-    """Build an ``az.InferenceData`` from dicts of (chain, draw, ...) arrays."""
-    return az.from_dict(
-        posterior=posterior,
-        sample_stats=sample_stats,
-        log_likelihood=log_likelihood,
-        observed_data=observed,
-        constant_data=constant,
-        coords=coords,
-        dims=dims,
-        attrs=attrs or {},
-    )
+    """ArviZ data (a DataTree on 1.x, an InferenceData on 0.x) from dicts of
+    (chain, draw, ...) arrays."""
+    groups = {"posterior": posterior, "sample_stats": sample_stats,
+              "log_likelihood": log_likelihood, "observed_data": observed,
+              "constant_data": constant}
+    if ARVIZ_LINE:
+        return az.from_dict(groups, coords=coords, dims=dims, attrs=attrs or {})
+    return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs or {})
 
 
 def invariant_summary(draws: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -67,7 +74,7 @@ def invariant_summary(draws: dict[str, np.ndarray]) -> pd.DataFrame:
             "q95": q95,
             "r_hat": float(az.rhat(x)) if x.shape[0] > 1 else np.nan,
             "ess_bulk": float(az.ess(x, method="bulk")),
-            "ess_tail": float(az.ess(x, method="tail")),
+            "ess_tail": float(az.ess(x, method="tail", prob=_TAIL)),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -77,7 +84,7 @@ def sampler_report(idata, summary: pd.DataFrame, wall_time: float | None = None)
     stats = idata.sample_stats
     div = np.asarray(stats["diverging"])
     n_draws = div.size
-    bfmi = np.atleast_1d(az.bfmi(idata)) if "energy" in stats else np.array([np.nan])
+    bfmi = _bfmi(idata) if "energy" in stats else np.array([np.nan])
     steps = np.asarray(stats["n_steps"]) if "n_steps" in stats else np.array([np.nan])
     out = {
         "draws": int(n_draws),
@@ -123,25 +130,36 @@ def sampler_report(idata, summary: pd.DataFrame, wall_time: float | None = None)
     return out
 
 
+def _bfmi(idata) -> np.ndarray:
+    """E-BFMI per chain (C,)."""
+    res = az.bfmi(idata)
+    return np.atleast_1d(np.asarray(res["energy"] if ARVIZ_LINE else res, dtype=float))
+
+
 def loo(idata) -> dict:
     """PSIS-LOO of the pointwise closed-form GP leave-one-out log-likelihood."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         res = az.loo(idata, pointwise=True)
-    k = np.asarray(res.pareto_k)
+    elpd, p = (res.elpd, res.p) if ARVIZ_LINE else (res.elpd_loo, res.p_loo)
     return {
-        "elpd_loo": float(res.elpd_loo),
+        "elpd_loo": float(elpd),
         "se": float(res.se),
-        "p_loo": float(res.p_loo),
-        "max_pareto_k": float(np.max(k)),
+        "p_loo": float(p),
+        "max_pareto_k": float(np.max(np.asarray(res.pareto_k))),
     }
 
 
 def compare(idatas: dict) -> pd.DataFrame:
-    """ArviZ LOO model comparison (ranked, with elpd differences and stacking weights)."""
+    """ArviZ LOO model comparison, ranked: ``rank``, ``elpd_diff`` (>= 0, from the
+    best), stacking ``weight`` and the rest of ArviZ's columns."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return az.compare(idatas, ic="loo")
+        if not ARVIZ_LINE:
+            return az.compare(idatas, ic="loo")
+        table = az.compare(idatas, round_to="none")
+    # ArviZ 1.x counts the difference down from the best (<= 0), 0.x up (>= 0).
+    return table.assign(elpd_diff=-table["elpd_diff"])
 
 
 def to_netcdf(idata, path) -> None:

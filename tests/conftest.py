@@ -40,3 +40,27 @@ def fast_compile_env(**extra) -> dict:
     env = {**os.environ, **extra}
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     return env
+
+
+# --------------------------------------------------------------------------- #
+# Shared by the property tests (hypothesis)
+# --------------------------------------------------------------------------- #
+import numpy as np  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def property_settings(max_examples: int = 30, *extra_checks) -> settings:
+    """Deterministic hypothesis settings (no database, no deadline): the same
+    examples on every machine, so a failure reproduces."""
+    return settings(max_examples=max_examples, deadline=None, database=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, *extra_checks])
+
+
+def lengthscale_vectors(lo: float, hi: float):
+    """Three length-scales, log-uniform in [lo, hi]."""
+    return st.tuples(*[st.floats(np.log(lo), np.log(hi))] * 3).map(lambda t: np.exp(np.array(t)))
+
+
+#: Axis-angle vectors with components in [-4, 4] (past pi: the wrap is exercised too).
+AXIS_ANGLES = st.tuples(*[st.floats(-4.0, 4.0)] * 3).map(np.array)

@@ -1,13 +1,17 @@
 """End-to-end NUTS fits on tiny problems (fixed seeds, stated tolerances)."""
 
+import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from jax.flatten_util import ravel_pytree
+from numpyro.infer.util import potential_energy
 
-from aniso_gp import datasets, inference, kernels, so3
+from aniso_gp import datasets, inference, kernels, models, so3
 from aniso_gp.likelihoods import exact_predict
 
 TRUTH_L = (0.8, 0.35, 0.12)
@@ -219,25 +223,23 @@ def test_exact_likelihood_warns_on_large_n(monkeypatch):
         inference.fit(rng.uniform(size=(20, 3)), rng.normal(size=20), progress=False)
 
 
-def test_curvature_inverse_mass_is_the_inverse_hessian(field):
-    # Against the autodiff Hessian of the same potential (reverse over reverse: the
-    # streamed DTC likelihood's pullbacks are reverse-differentiable), an
-    # independent reference for the central differences of `_warmup_start`.
-    import dataclasses
-
-    import jax
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import potential_energy
-
-    from aniso_gp import models
-
+@pytest.fixture(scope="module")
+def dtc_problem(field):
+    """The standardised training data, DTC spec and model arguments of a rotated fit."""
     train, _ = field
     std = inference.Standardizer.from_data(train.X, train.y)
     spec = models.ModelSpec(kernel="rotated", parameterization="identifiable", likelihood="dtc")
     spec = dataclasses.replace(spec, priors=spec.priors.standardised(
         std.x_scale, std.y_mean, std.y_sd, std.extent))
     Xs, ys = std.x(train.X), std.y(train.y)
-    kw = {"spec": spec, "landmarks": Xs[:25]}
+    return Xs, ys, spec, {"spec": spec, "landmarks": Xs[:25]}
+
+
+def test_curvature_inverse_mass_is_the_inverse_hessian(dtc_problem):
+    # Against the autodiff Hessian of the same potential (reverse over reverse: the
+    # streamed DTC likelihood's pullbacks are reverse-differentiable), an
+    # independent reference for the central differences of `_warmup_start`.
+    Xs, ys, spec, kw = dtc_problem
     z = inference._pilot_start(Xs, ys, spec, kw["landmarks"], 0, num_chains=1)
     flat, unravel = ravel_pytree(z)
     # Jitted: run eagerly, the second derivative dispatches op by op (twice as slow).
@@ -251,25 +253,11 @@ def test_curvature_inverse_mass_is_the_inverse_hessian(field):
                                atol=1e-6 * np.abs(np.linalg.inv(H)).max())
 
 
-def test_newton_steps_reach_the_full_data_mode(field):
+def test_newton_steps_reach_the_full_data_mode(dtc_problem):
     # A pilot on a 40-point subset, refined on all 96 points: the potential falls,
     # its gradient vanishes (the mode, checked with autodiff), and the mass matrix
     # is the inverse of the autodiff Hessian there.
-    import dataclasses
-
-    import jax
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import potential_energy
-
-    from aniso_gp import models
-
-    train, _ = field
-    std = inference.Standardizer.from_data(train.X, train.y)
-    spec = models.ModelSpec(kernel="rotated", parameterization="identifiable", likelihood="dtc")
-    spec = dataclasses.replace(spec, priors=spec.priors.standardised(
-        std.x_scale, std.y_mean, std.y_sd, std.extent))
-    Xs, ys = std.x(train.X), std.y(train.y)
-    kw = {"spec": spec, "landmarks": Xs[:25]}
+    Xs, ys, spec, kw = dtc_problem
     z0 = inference._pilot_start(Xs, ys, spec, kw["landmarks"], 0, num_chains=1, max_points=40)
     z, inv_mass = inference._warmup_start((Xs, ys), kw, z0, newton_steps=12)
     flat0, unravel = ravel_pytree(z0)
@@ -292,8 +280,6 @@ def test_pilot_on_a_subset_above_max_points(field):
     # starts must still be finite and near the full-data pilot's.
     train, _ = field
     std = inference.Standardizer.from_data(train.X, train.y)
-    from aniso_gp import models
-
     spec = models.ModelSpec(kernel="rotated", parameterization="identifiable", likelihood="fitc")
     Xs, ys = std.x(train.X), std.y(train.y)
     full = inference._pilot_start(Xs, ys, spec, Xs[:30], 0, num_chains=1)

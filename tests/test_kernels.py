@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import AXIS_ANGLES, lengthscale_vectors, property_settings
+from hypothesis import given
 from jax.test_util import check_grads
 from scipy.spatial.distance import cdist
 from scipy.spatial.transform import Rotation
@@ -270,17 +270,8 @@ _gram24 = jax.jit(
 _X_SYM = np.random.default_rng(5).uniform(0, 1, size=(10, 3))
 
 
-@given(
-    st.tuples(*[st.floats(np.log(0.1), np.log(3.0))] * 3).map(lambda t: np.exp(np.array(t))),
-    st.tuples(*[st.floats(-4.0, 4.0)] * 3).map(np.array),
-)
-@settings(
-    max_examples=30,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+@given(lengthscale_vectors(0.1, 3.0), AXIS_ANGLES)
+@property_settings(30)
 def test_symmetries_leave_gram_unchanged(l, a):
     G = np.asarray(so3.symmetry_group())
     ls = np.abs(G @ l)

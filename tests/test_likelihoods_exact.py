@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import AXIS_ANGLES, lengthscale_vectors, property_settings
+from hypothesis import HealthCheck, given
 from jax.test_util import check_grads
 from scipy.spatial.transform import Rotation
 from scipy.stats import multivariate_normal
@@ -124,17 +124,8 @@ def test_exact_loglik_jitter_and_failure():
     assert np.isnan(float(likelihoods.exact_loglik(bad, r)))
 
 
-@given(
-    st.tuples(*[st.floats(np.log(0.15), np.log(2.0))] * 3).map(lambda t: np.exp(np.array(t))),
-    st.tuples(*[st.floats(-4.0, 4.0)] * 3).map(np.array),
-)
-@settings(
-    max_examples=30,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@given(lengthscale_vectors(0.15, 2.0), AXIS_ANGLES)
+@property_settings(30, HealthCheck.function_scoped_fixture)
 def test_symmetries_leave_loglik_unchanged(l, a):
     rng = np.random.default_rng(3)
     X = rng.uniform(0, 1, size=(15, 3))

@@ -32,6 +32,19 @@ def test_import_is_light_and_enables_float64():
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+def test_arviz_imported_first_leaves_numpyro_whole():
+    # ArviZ 1.x puts a lazy NumPyro in sys.modules; numpyro.factor (used by the models)
+    # reads numpyro.distributions.distribution, which a badly timed load loses.
+    # (datasets loads first: it reaches numpyro through one of its submodules)
+    code = ("import arviz, aniso_gp; aniso_gp.synthetic_field; import numpyro; "
+            "from numpyro.handlers import trace; "
+            "tr = trace(lambda: numpyro.factor('f', 1.0)).get_trace(); "
+            "print(float(tr['f']['fn'].log_factor))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "1.0", out.stderr[-2000:]
+
+
 def test_predict_dispatches_on_the_kind_of_fit():
     from aniso_gp import inference
 

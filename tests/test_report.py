@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from html import escape as html_escape
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 )
 KERNELS = ["rotated", "ard", "full"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,21 @@ def test_demo_quick_prints_its_result(demo):
     assert "demo finished in" in out and "axis errors vs truth" in out
     assert "By LOO the ranking is" in out
     assert not demo["dir"].with_name("run.partial").exists()
+
+
+def test_readme_numbers_are_read_from_a_demo_run(demo):
+    # What benchmarks/readme_numbers.py quotes, read from this run's CSV files.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from readme_numbers import numbers
+
+    found = numbers(demo["dir"], 123.4)
+    assert found["demo wall time"] == "123 s" and found["demo wall time (minutes)"] == "2.1 minutes"
+    assert re.fullmatch(r"([\d.]+ \[[\d.]+, [\d.]+\](, | and )){2}[\d.]+ \[[\d.]+, [\d.]+\]",
+                        found["rotated length-scales, 90% intervals"])
+    comparison = pd.read_csv(demo["dir"] / "comparison.csv", index_col=0)
+    assert found["rotated axes to the truth, degrees"].startswith(
+        f"{comparison.loc['rotated', 'axis1_err_deg']:.1f}, ")
+    assert found["LOO rotated vs full, nats"].endswith(" nats apart")
 
 
 # --------------------------------------------------------------------------- #

@@ -7,20 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg as sla
-from hypothesis import HealthCheck, assume, given, settings
+from conftest import property_settings
+from hypothesis import HealthCheck, assume, given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy.spatial.transform import Rotation
 
 from aniso_gp import so3
 
-PROPS = settings(
-    max_examples=40,
-    deadline=None,
-    database=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
+PROPS = property_settings(40, HealthCheck.filter_too_much)
 
 # jit once: hypothesis calls these many times, and eager dispatch would dominate.
 exp_j = jax.jit(so3.exp)
