@@ -47,8 +47,8 @@ def inference_data(posterior, sample_stats, log_likelihood, observed, constant, 
     groups = {"posterior": posterior, "sample_stats": sample_stats,
               "log_likelihood": log_likelihood, "observed_data": observed,
               "constant_data": constant}
-    if ARVIZ_LINE:
-        return az.from_dict(groups, coords=coords, dims=dims, attrs=attrs or {})
+    if ARVIZ_LINE:  # attributes by group there; "/" is the root
+        return az.from_dict(groups, coords=coords, dims=dims, attrs={"/": attrs or {}})
     return az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs or {})
 
 

@@ -90,20 +90,19 @@ def _read_raw(p: Path, shape, dtype) -> np.ndarray:
 def read_volume(path, spacing=None, shape=None, dtype=None) -> Volume:
     """Read a 3-D voxel volume from ``.npy``, a TIFF stack or raw binary.
 
-    Parameters
-    ----------
-    path:
-        ``*.npy`` (NumPy, no pickles), ``*.tif``/``*.tiff`` (multi-page stack,
-        array ordered (page, row, column)), or any other file read as raw
-        C-ordered binary, which needs ``shape`` and ``dtype`` (e.g. ``"<u2"``
-        for little-endian 16-bit).
-    spacing:
-        voxel size, a number or one per array axis, in your length unit; None
-        means 1 (voxel units; ``units`` is then ``"voxel"``). File metadata is
-        not consulted.
-    shape, dtype:
-        required for raw files; for ``.npy``/TIFF an optional ``shape`` is
-        checked against what the file holds.
+    Args:
+        path:
+            ``*.npy`` (NumPy, no pickles), ``*.tif``/``*.tiff`` (multi-page stack,
+            array ordered (page, row, column)), or any other file read as raw
+            C-ordered binary, which needs ``shape`` and ``dtype`` (e.g. ``"<u2"``
+            for little-endian 16-bit).
+        spacing:
+            voxel size, a number or one per array axis, in your length unit; None
+            means 1 (voxel units; ``units`` is then ``"voxel"``). File metadata is
+            not consulted.
+        shape, dtype:
+            required for raw files; for ``.npy``/TIFF an optional ``shape`` is
+            checked against what the file holds.
 
     Returns a :class:`Volume` of float64 values with origin 0.
     """

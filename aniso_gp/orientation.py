@@ -126,15 +126,13 @@ def _positive_lengthscales(lengthscale_draws) -> np.ndarray:
 def axes_from_metrics(metric_draws) -> tuple[np.ndarray, np.ndarray]:
     """Principal length-scales and directions of each metric draw.
 
-    Parameters
-    ----------
-    metric_draws : (S, 3, 3) symmetric positive-definite matrices.
+    Args:
+        metric_draws: (S, 3, 3) symmetric positive-definite matrices.
 
-    Returns
-    -------
-    lengthscale_draws : (S, 3), ``l_i = lambda_i^{-1/2}`` sorted descending.
-    axes_draws : (S, 3, 3), unit principal directions as columns matching
-        ``lengthscale_draws``, ``det = +1``, signs otherwise arbitrary.
+    Returns:
+        lengthscale_draws: (S, 3), ``l_i = lambda_i^{-1/2}`` sorted descending.
+        axes_draws: (S, 3, 3), unit principal directions as columns matching
+            ``lengthscale_draws``, ``det = +1``, signs otherwise arbitrary.
 
     A thin checked wrapper on :func:`aniso_gp.so3.principal_axes` (vectorised
     over draws by ``eigh``).
@@ -281,21 +279,19 @@ def align_axes(axes_draws, reference_axes) -> tuple[np.ndarray, np.ndarray]:
     adding information. Use it to compare with a known truth or to display
     draws, not to claim that such axes are resolved.
 
-    Parameters
-    ----------
-    axes_draws : (S, 3, 3), directions as columns.
-    reference_axes : (3, 3), reference directions as columns (e.g. the truth,
-        or the mean axes of a well-identified fit).
+    Args:
+        axes_draws: (S, 3, 3), directions as columns.
+        reference_axes: (3, 3), reference directions as columns (e.g. the truth,
+            or the mean axes of a well-identified fit).
 
-    Returns
-    -------
-    aligned : (S, 3, 3), ``aligned[s, :, i] = ±axes_draws[s, :, perm[s, i]]``,
-        the column permutation maximising ``sum_i |ref_i . v_perm(i)|`` (all 6
-        permutations are tried), each column's sign chosen so that its dot
-        product with ``ref_i`` is >= 0. These are axes, not a rotation: the
-        determinant may be -1.
-    perm : (S, 3) int, the permutation used; apply it to the length-scales with
-        ``np.take_along_axis(lengthscale_draws, perm, axis=1)``.
+    Returns:
+        aligned: (S, 3, 3), ``aligned[s, :, i] = ±axes_draws[s, :, perm[s, i]]``,
+            the column permutation maximising ``sum_i |ref_i . v_perm(i)|`` (all 6
+            permutations are tried), each column's sign chosen so that its dot
+            product with ``ref_i`` is >= 0. These are axes, not a rotation: the
+            determinant may be -1.
+        perm: (S, 3) int, the permutation used; apply it to the length-scales with
+            ``np.take_along_axis(lengthscale_draws, perm, axis=1)``.
     """
     V = _array(axes_draws, "axes_draws", (3, 3))
     ref = np.asarray(reference_axes, dtype=np.float64)
@@ -500,31 +496,29 @@ def orientation_table(
 ) -> pd.DataFrame:
     """One row per principal axis: length-scale, direction, trend/plunge, cone, note.
 
-    Parameters
-    ----------
-    lengthscale_draws : (S, 3) canonical length-scales, sorted descending.
-    axes_draws : (S, 3, 3) matching directions as columns.
-    interval : mass of the equal-tailed length-scale interval (and of the
-        ratio intervals behind the notes).
-    cone_level : level of the credible cone (:func:`cone_half_angle`).
-    extent : optional domain size: a scalar, or (3,) bounding-box side lengths
-        along x, y, z. For a box, the extent along a unit direction ``d`` is
-        the width of its projection, ``sum_i |d_i| L_i``; that is what each
-        axis's length-scale is compared against.
-    cone_limit_deg : an axis with a wider cone is noted as weakly identified
-        (:func:`cone_notes`).
-    fixed_axes : the kernel's axes are the coordinate axes (ARD): the notes say
-        which coordinate axis is unresolved instead of which direction, and no
-        cone notes are made (a wide cone there is label switching between
-        coordinate axes, which the length-scale notes already report).
+    Args:
+        lengthscale_draws: (S, 3) canonical length-scales, sorted descending.
+        axes_draws: (S, 3, 3) matching directions as columns.
+        interval: mass of the equal-tailed length-scale interval (and of the
+            ratio intervals behind the notes).
+        cone_level: level of the credible cone (:func:`cone_half_angle`).
+        extent: optional domain size: a scalar, or (3,) bounding-box side lengths
+            along x, y, z. For a box, the extent along a unit direction ``d`` is
+            the width of its projection, ``sum_i |d_i| L_i``; that is what each
+            axis's length-scale is compared against.
+        cone_limit_deg: an axis with a wider cone is noted as weakly identified
+            (:func:`cone_notes`).
+        fixed_axes: the kernel's axes are the coordinate axes (ARD): the notes say
+            which coordinate axis is unresolved instead of which direction, and no
+            cone notes are made (a wide cone there is label switching between
+            coordinate axes, which the length-scale notes already report).
 
-    Returns
-    -------
-    DataFrame indexed by "axis 1 (longest)", "axis 2 (intermediate)",
-    "axis 3 (shortest)" with columns ``l_median, l_lo, l_hi, dir_x, dir_y,
-    dir_z, trend_deg, plunge_deg, cone<level>_deg`` (``cone95_deg`` by default)
-    and ``note``. ``df.attrs["notes"]`` holds :func:`identifiability_notes` and
-    the sentences of :func:`cone_notes`.
+    Returns:
+        DataFrame indexed by "axis 1 (longest)", "axis 2 (intermediate)",
+        "axis 3 (shortest)" with columns ``l_median, l_lo, l_hi, dir_x, dir_y,
+        dir_z, trend_deg, plunge_deg, cone<level>_deg`` (``cone95_deg`` by default)
+        and ``note``. ``df.attrs["notes"]`` holds :func:`identifiability_notes` and
+        the sentences of :func:`cone_notes`.
 
     Axes are labelled by sorted length-scale (no relabelling); where a pair is
     not distinguishable the note says so and its directions and cones mostly
@@ -641,20 +635,18 @@ def log_euclidean_mean(metric_draws) -> np.ndarray:
 def metric_errors(metric_draws, truth_metric, estimator: str = "log_euclidean") -> dict:
     """Distances between a posterior point estimate of the metric and the truth.
 
-    Parameters
-    ----------
-    metric_draws : (S, 3, 3) SPD draws.
-    truth_metric : (3, 3) SPD.
-    estimator : ``"log_euclidean"`` (default, :func:`log_euclidean_mean`) or
-        ``"median"`` (elementwise median; rejected if it is not SPD).
+    Args:
+        metric_draws: (S, 3, 3) SPD draws.
+        truth_metric: (3, 3) SPD.
+        estimator: ``"log_euclidean"`` (default, :func:`log_euclidean_mean`) or
+            ``"median"`` (elementwise median; rejected if it is not SPD).
 
-    Returns
-    -------
-    dict of floats (docs/design.md 2), computed by :mod:`aniso_gp.so3`:
-    ``relative_frobenius`` ``|M_hat - M|_F / |M|_F``, ``affine_invariant``
-    ``|log(M^-1/2 M_hat M^-1/2)|_F`` and ``log_euclidean``
-    ``|log M_hat - log M|_F``. Only scalars, so it can extend a table row;
-    the estimate itself is :func:`log_euclidean_mean`.
+    Returns:
+        dict of floats (docs/design.md 2), computed by :mod:`aniso_gp.so3`:
+        ``relative_frobenius`` ``|M_hat - M|_F / |M|_F``, ``affine_invariant``
+        ``|log(M^-1/2 M_hat M^-1/2)|_F`` and ``log_euclidean``
+        ``|log M_hat - log M|_F``. Only scalars, so it can extend a table row;
+        the estimate itself is :func:`log_euclidean_mean`.
     """
     truth = np.asarray(truth_metric, dtype=np.float64)
     if truth.shape != (3, 3):

@@ -170,24 +170,23 @@ def stereonet(
 ) -> Figure:
     """Lower-hemisphere equal-area stereonet of posterior principal-axis draws.
 
-    Parameters
-    ----------
-    axes_draws:
-        (S, 3, 3): draw s has its principal directions as columns, ordered like
-        the length-scales sorted descending.
-    mean_axes:
-        (3, 3) mean directions as columns; by default the axial mean of the draws
-        of each axis (:func:`mean_axis`).
-    cone_deg:
-        a number or 3 numbers, the credible cone half-angle of each axis in
-        degrees; by default the ``level`` (95%) quantile of the draws' axial
-        angles to the mean (:func:`cone_angle`). Drawn as the projected small
-        circle.
-    truth_axes:
-        (3, 3) true directions as columns, drawn as black-edged stars.
-    max_draws:
-        at most this many draws are plotted (evenly thinned); the means and
-        cones use all of them.
+    Args:
+        axes_draws:
+            (S, 3, 3): draw s has its principal directions as columns, ordered like
+            the length-scales sorted descending.
+        mean_axes:
+            (3, 3) mean directions as columns; by default the axial mean of the draws
+            of each axis (:func:`mean_axis`).
+        cone_deg:
+            a number or 3 numbers, the credible cone half-angle of each axis in
+            degrees; by default the ``level`` (95%) quantile of the draws' axial
+            angles to the mean (:func:`cone_angle`). Drawn as the projected small
+            circle.
+        truth_axes:
+            (3, 3) true directions as columns, drawn as black-edged stars.
+        max_draws:
+            at most this many draws are plotted (evenly thinned); the means and
+            cones use all of them.
     """
     draws = _axes_stack(axes_draws, "axes_draws", 3)
     if len(labels) != 3:
