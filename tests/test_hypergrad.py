@@ -52,6 +52,7 @@ def spd_system():
         (hg.Exact(), 1e-12),
         (hg.CG(500, 1e-12), 1e-9),
         (hg.NystromPCG(20, 200, 1e-12, sketch="coordinates"), 1e-9),
+        (hg.NystromRichardson(20, tol=1e-12), 1e-9),
         (hg.Nystrom(50, 1e-9), 1e-6),
         (hg.Nystrom(50, 1e-9, sketch="gaussian"), 1e-6),
         ("neumann", 1e-8),
@@ -75,6 +76,7 @@ def test_ihvp_matches_dense_solve(spd_system, solver, tol):
         "neumann": 8001,
         "nystrom": 51,
         "nystrom_pcg": 20 + it + 1,
+        "nystrom_richardson": 20 + 21 + it + 1,  # sketch, power iterations for lr
     }[hg.resolve_solver(solver, 50).name]
     assert int(info.matvecs) == expected
 
@@ -400,6 +402,7 @@ def test_laplace_gradient_matches_finite_differences(likelihood):
 # Solver values: init / compute, Auto, the route through the tuning layers
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("solver", [hg.Exact(), hg.CG(500, 1e-12), hg.NystromPCG(20, tol=1e-12),
+                                    hg.NystromRichardson(20, tol=1e-12),
                                     hg.SpectralReuse(20, tol=1e-12), hg.Auto()],
                          ids=lambda s: s.name)
 def test_one_prepared_state_serves_several_right_hand_sides(spd_system, solver):
@@ -409,12 +412,39 @@ def test_one_prepared_state_serves_several_right_hand_sides(spd_system, solver):
     X = np.stack([np.asarray(solver.compute(state, B[:, j])[0]) for j in range(3)], axis=1)
     np.testing.assert_allclose(X, np.linalg.solve(np.asarray(H), B), rtol=1e-8, atol=1e-10)
     # the set-up cost is paid once: a sketch of rank 20, H formed from 50 HVPs, or nothing
-    expected = {"exact": 50, "cg": 0, "nystrom_pcg": 20, "spectral_reuse": 20, "auto": 50}
+    expected = {"exact": 50, "cg": 0, "nystrom_pcg": 20, "spectral_reuse": 20, "auto": 50,
+                "nystrom_richardson": 20 + 21}
     assert int(state.setup_matvecs) == expected[solver.name]
     solution = hg.solve_ihvp(solver, lambda v: H @ v, B[:, 0], shift=0.05)
     assert isinstance(solution, hg.IHVPSolution)
     np.testing.assert_allclose(solution.value, X[:, 0], rtol=1e-8, atol=1e-10)
     assert (solution.state is None) == (solver.name != "spectral_reuse")
+
+
+def test_nystrom_richardson_needs_far_fewer_steps_than_plain_neumann():
+    # A kernel-like spectrum (lam_1 / mu = 2,000): plain Richardson (the Neumann series
+    # with a stopping rule) against the Nystrom-preconditioned one, same tolerance.
+    from aniso_gp.linalg import solvers
+
+    rng = np.random.default_rng(4)
+    n = 120
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    H = jnp.asarray((Q * (100.0 * np.exp(-np.arange(n) / 3.0) + 0.05)) @ Q.T)
+    b = jnp.asarray(rng.standard_normal(n))
+    ref = np.linalg.solve(np.asarray(H), np.asarray(b))
+    x, info, _ = hg.solve_ihvp(hg.NystromRichardson(30, tol=1e-10), lambda v: H @ v, b,
+                               shift=0.05)
+    assert _rel(x, ref) < 1e-8 and float(info.residual_norm) <= 1e-10
+    lam = solvers.largest_eigenvalue(lambda v: H @ v, n, jax.random.PRNGKey(0), iterations=200)
+    np.testing.assert_allclose(float(lam), float(np.linalg.eigvalsh(np.asarray(H))[-1]),
+                               rtol=1e-6)
+    _, plain = solvers.richardson(lambda v: H @ v, b, lr=1.0 / (1.1 * float(lam)), tol=1e-10,
+                                  maxiter=100_000)
+    assert bool(plain.converged)
+    assert int(info.matvecs) < int(plain.iterations) / 5, (int(info.matvecs), int(plain.iterations))
+    # a step size too large diverges visibly instead of returning garbage as converged
+    _, bad = solvers.richardson(lambda v: H @ v, b, lr=3.0 / float(lam), tol=1e-10, maxiter=500)
+    assert not bool(bad.converged) and float(bad.residual_norm) > 1.0
 
 
 def test_auto_picks_by_size_and_structure_and_warns_above_its_tolerance():

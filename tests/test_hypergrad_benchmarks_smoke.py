@@ -29,9 +29,11 @@ def test_hypergrad_benchmarks_quick():
     for name, proc, out in zip(SCRIPTS, procs, outputs, strict=True):
         assert proc.returncode == 0, f"{name} failed:\n{out[-3000:]}"
     solvers_out, decay_out = outputs
-    for heading in ("A. Equal HVP budgets", "B. Convergence", "C. Neumann", "D. 3-step"):
+    for heading in ("A. Equal HVP budgets", "B. Convergence", "C. Neumann", "D. 3-step",
+                    "E. ASTRA-style"):
         assert heading in solvers_out
     assert "nystrom-pcg" in solvers_out and "spectral reuse" in solvers_out
+    assert "nystrom-richardson" in solvers_out
     assert "1. Hypergradient at h0" in decay_out and "2. Outer optimisation" in decay_out
     after = report.read_text() if report.exists() else None
     assert after == before  # --no-append wrote nothing

@@ -63,10 +63,29 @@ def test_solves_differentiate_without_unrolling(spd_system):
     for solver in (
         lambda mv, b: solvers.cg(mv, b, tol=1e-12),
         lambda mv, b: solvers.pcg(mv, b, precond, tol=1e-12),
+        lambda mv, b: solvers.richardson(mv, b, precond, lr=0.3, tol=1e-13, maxiter=20000),
     ):
         g = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(0.3, b, solver)
         np.testing.assert_allclose(g[0], g_ref[0], rtol=1e-7)
         np.testing.assert_allclose(g[1], g_ref[1], rtol=1e-7, atol=1e-9)
+
+
+def test_richardson_is_the_neumann_series_with_a_stopping_rule(spd_system):
+    A, b = spd_system
+    lam = np.linalg.eigvalsh(A)
+    est = solvers.largest_eigenvalue(lambda v: A @ v, 80, jax.random.PRNGKey(1), iterations=300)
+    assert lam[-1] * (1 - 1e-6) <= float(est) <= lam[-1] * (1 + 1e-12)  # a lower bound, close
+    lr = 1.0 / lam[-1]
+    x, info = solvers.richardson(lambda v: A @ v, b, lr=lr, tol=1e-10)
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-8, atol=1e-10)
+    assert bool(info.converged)
+    # the same number of terms of the series gives the same point
+    y, _ = solvers.neumann(lambda v: A @ v, b, steps=int(info.iterations), lr=lr)
+    np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    # contraction 1 - lr lam_min per step: the iteration count the theory predicts
+    rate = 1.0 - lam[0] / lam[-1]
+    predicted = np.log(1e-10 * np.linalg.norm(b) / np.linalg.norm(b)) / np.log(rate)
+    assert int(info.iterations) <= 1.2 * predicted + 5
 
 
 def test_nystrom_pcg_needs_far_fewer_iterations_than_cg():

@@ -27,6 +27,8 @@ solver                 ``u ~ H^{-1} b``                                    HVPs
 ``Nystrom(k, rho)``    ``(H_k + rho I)^{-1} b``, Hataya & Yamada (2023)    ``k`` + 1
 ``NystromPCG(k,..)``   CG preconditioned by a rank-``k`` Nystrom factor    ``k`` + iterations + 1
   ``sketch="kernel"``  the factor from ``k`` kernel columns (GP systems)    iterations + 1
+``NystromRichardson``  ASTRA-style: Richardson / Neumann steps, Nystrom     ``k`` + 21 + iter. + 1
+                       preconditioner, stopped at ``tol``
 ``SpectralReuse``      NystromPCG keeping its basis across outer steps      p (+k) + iter. + 1
 ``Auto()``             ``Exact`` up to :data:`AUTO_DENSE_MAX`, else NystromPCG
 =====================  ==================================================  =====================
@@ -129,6 +131,7 @@ from aniso_gp.hypergrad.solvers import (
     Neumann,
     Nystrom,
     NystromPCG,
+    NystromRichardson,
     Operator,
     ReuseState,
     SolverState,
@@ -162,6 +165,7 @@ __all__ = [
     "Neumann",
     "Nystrom",
     "NystromPCG",
+    "NystromRichardson",
     "Operator",
     "ReuseState",
     "SolverState",

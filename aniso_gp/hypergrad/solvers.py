@@ -322,6 +322,62 @@ class NystromPCG(_Solver):
         return SolverState(solve, sketched, carry)
 
 
+#: Power iterations behind NystromRichardson's default step size.
+_POWER_ITERATIONS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class NystromRichardson(_Solver):
+    r"""ASTRA-style iHVP: Neumann / Richardson iterations preconditioned by a Nystrom factor.
+
+    ``u <- u + lr P^{-1} (b - H u)`` from ``u = 0`` (the partial sums of the
+    preconditioned Neumann series), stopped at ``|b - H u| <= tol |b|``, with
+    the preconditioner of :class:`NystromPCG`. It is the GP counterpart of
+    ASTRA's EKFAC-preconditioned Neumann iterations (Wang et al., *Better
+    Training Data Attribution via Better Inverse Hessian-Vector Products*,
+    NeurIPS 2025): the factor maps the top of the spectrum of ``H = A + mu I``
+    to about ``lam_k + mu``, so the iteration count goes from
+    ``~ (lam_1 + mu)/mu`` (plain Neumann) to ``~ (lam_k + mu)/mu``. Each step is
+    one HVP and needs no inner products, which suits stochastic or distributed
+    HVPs; CG with the same factor (:class:`NystromPCG`) takes fewer steps.
+
+    Args:
+        rank: sketch size ``k``.
+        maxiter, tol: iteration cap and relative tolerance.
+        lr: step size; default ``1 / (1.1 lambda_max(P^{-1} H))``, from 20 power
+            iterations (20 HVPs, counted in the set-up).
+        sketch, seed: as for :class:`NystromPCG`.
+    """
+
+    rank: int
+    maxiter: int = 10000
+    tol: float = 1e-10
+    lr: float | None = None
+    sketch: str = "gaussian"
+    seed: int = 0
+    name: ClassVar[str] = "nystrom_richardson"
+
+    def init(self, operator, *, key=None, carry=None):
+        key = self._key(key)
+        U, lam, sketched = _factor_or_sketch(self, operator, key)
+        P = _preconditioner(U, lam, operator.shift)
+        if self.lr is None:
+            lam_max = solvers.largest_eigenvalue(operator.matvec, operator.n,
+                                                 jax.random.fold_in(key, 1), precond=P,
+                                                 iterations=_POWER_ITERATIONS)
+            lr, spent = 1.0 / (1.1 * lam_max), sketched + _POWER_ITERATIONS + 1
+        else:
+            lr, spent = self.lr, sketched
+
+        def solve(b, x0=None):
+            x, si = solvers.richardson(operator.matvec, b, P, lr=lr, tol=self.tol,
+                                       maxiter=self.maxiter, x0=x0)
+            return x, _info(si.iterations + 1 + (0 if x0 is None else 1), si.residual_norm,
+                            si.iterations)
+
+        return SolverState(solve, jnp.asarray(spent, jnp.int32), carry)
+
+
 # --------------------------------------------------------------------------- #
 # Spectral reuse
 # --------------------------------------------------------------------------- #
@@ -476,7 +532,7 @@ def _warn_above(residual, tol: float, chosen: str) -> None:
         )
 
 
-Solver = Exact | CG | Neumann | Nystrom | NystromPCG | SpectralReuse | Auto
+Solver = Exact | CG | Neumann | Nystrom | NystromPCG | NystromRichardson | SpectralReuse | Auto
 
 
 def as_solver(solver) -> _Solver:
@@ -487,7 +543,8 @@ def as_solver(solver) -> _Solver:
         return Auto()
     raise ValueError(
         "`solver` must be 'auto' or a solver value (Auto(), Exact(), CG(...), Neumann(...),"
-        f" Nystrom(...), NystromPCG(...), SpectralReuse(...)); got {solver!r}"
+        " Nystrom(...), NystromPCG(...), NystromRichardson(...), SpectralReuse(...));"
+        f" got {solver!r}"
     )
 
 

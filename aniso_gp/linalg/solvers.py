@@ -9,6 +9,10 @@ Every solver returns ``(x, SolveInfo)``. ``A`` is given as a function
 * :func:`neumann` / :func:`preconditioned_neumann`: the truncated series
   ``x = lr sum_{k<steps} (I - lr P A)^k P b`` (``P = I`` for the plain one),
   which converges when ``0 < lr < 2 / lambda_max(P A)``.
+* :func:`richardson`: ``x <- x + lr P^{-1} (b - A x)`` from ``x = 0``, whose iterates
+  are the partial sums of the preconditioned Neumann series, stopped like CG at
+  ``|b - A x| <= tol |b|``; :func:`largest_eigenvalue` (power iteration) picks a
+  safe ``lr``.
 * :func:`nystrom_preconditioner`: ``P^{-1} = (lam_k + mu) U (Lam + mu I)^{-1} U^T
   + (I - U U^T)`` for ``A = K + mu I`` with ``K ~ U Lam U^T`` (Frangella, Tropp
   & Udell 2023); with rank at least the effective dimension the PCG iteration
@@ -225,6 +229,89 @@ def neumann(
     See :func:`preconditioned_neumann` (this is ``P = I``).
     """
     return preconditioned_neumann(matvec, b, _identity, steps=steps, lr=lr, tol=tol)
+
+
+def _richardson_iterate(matvec, precond, rhs, lr, tol, maxiter, x0):
+    target = tol * _norm(rhs)
+    x, r = _warm_start(matvec, rhs, x0)
+
+    def cond(state):
+        k, _, _, rnorm = state
+        # A residual that is not finite (or blew up: lr too large) ends the loop.
+        return (k < maxiter) & (rnorm > target) & (rnorm < 1e8 * _norm(rhs) + 1.0)
+
+    def body(state):
+        k, x, r, _ = state
+        x = x + lr * precond(r)
+        r = rhs - matvec(x)  # the true residual: no drift over thousands of steps
+        return k + 1, x, r, _norm(r)
+
+    k, x, *_ = jax.lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), x, r, _norm(r)))
+    return x, _info(matvec, rhs, x, k, tol)
+
+
+def richardson(
+    matvec: Matvec, b, precond: Matvec | None = None, *, lr, tol: float = 1e-8,
+    maxiter: int | None = None, x0=None,
+) -> tuple[jnp.ndarray, SolveInfo]:
+    r"""Preconditioned Richardson iteration ``x <- x + lr P^{-1} (b - A x)``.
+
+    From ``x = 0`` the iterates are the partial sums of the Neumann series
+    ``lr sum_k (I - lr P^{-1} A)^k P^{-1} b``; unlike :func:`preconditioned_neumann`
+    it stops at ``|b - A x| <= tol |b|``. The error contracts by
+    ``max |1 - lr lambda(P^{-1} A)|`` per step: it converges for
+    ``0 < lr < 2 / lambda_max(P^{-1} A)`` (see :func:`largest_eigenvalue`), in
+    about ``kappa log(1/tol)`` steps with ``lr = 1/lambda_max`` and ``kappa`` the
+    condition number of ``P^{-1} A``. One ``matvec`` per step.
+
+    Args:
+        matvec: ``v -> A v`` on (n,) arrays, ``A`` symmetric positive definite.
+        b: (n,) right-hand side.
+        precond: ``v -> P^{-1} v`` (symmetric positive definite), default ``I``.
+        lr: step size ``> 0``.
+        tol: relative tolerance.
+        maxiter: iteration cap (default ``100 n``).
+        x0: optional (n,) warm start.
+
+    Returns:
+        ``(x, info)``: ``x`` (n,) and a :class:`SolveInfo`; a step size too large
+        for ``A`` shows as ``converged = False`` with a large residual.
+    """
+    b = _check_b(b)
+    tol = check.tolerance(tol)
+    lr = check.positive_scalar(lr, "lr")
+    maxiter = 100 * b.shape[0] if maxiter is None else check.positive_int(maxiter, "maxiter")
+    precond = _identity if precond is None else precond
+    if x0 is not None:
+        x0 = jax.lax.stop_gradient(jnp.asarray(x0, dtype=b.dtype))
+
+    def solve(mv, rhs):
+        return _richardson_iterate(mv, precond, rhs, lr, tol, maxiter, x0)
+
+    return _solve_with_info(matvec, b, solve)
+
+
+def largest_eigenvalue(matvec: Matvec, n: int, key, *, iterations: int = 20,
+                       precond: Matvec | None = None) -> jnp.ndarray:
+    r"""Power-iteration estimate of ``lambda_max(P^{-1} A)`` (``P = I`` by default).
+
+    ``v`` is ``P^{-1} A`` applied ``iterations`` times to a Gaussian start; the
+    estimate is the Rayleigh quotient of ``A^{1/2} P^{-1} A^{1/2}`` (the same
+    eigenvalues as ``P^{-1} A``) at ``A^{1/2} v``,
+    ``(A v)^T P^{-1} (A v) / (v^T A v)``: a lower bound that rises towards the
+    largest eigenvalue. ``iterations + 1`` matvecs. Scale it up by a margin
+    before using ``1 / lambda`` as a Richardson step.
+    """
+    precond = _identity if precond is None else precond
+
+    def body(_, v):
+        w = precond(matvec(v))
+        return w / _norm(w)
+
+    v = jax.random.normal(key, (n,), dtype=jnp.float64)
+    v = jax.lax.fori_loop(0, iterations, body, v / _norm(v))
+    Av = matvec(v)
+    return jnp.dot(Av, precond(Av)) / jnp.dot(v, Av)
 
 
 def nystrom_preconditioner(U, lam, mu) -> Matvec:
