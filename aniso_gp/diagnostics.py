@@ -150,6 +150,32 @@ def loo(idata) -> dict:
     }
 
 
+def psis_log_weights(idata) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed leave-one-out importance log-weights of each observation.
+
+    The ratios are ``1 / p(y_i | y_-i, theta_s)`` (the pointwise log-likelihood
+    group holds the closed-form GP leave-one-out densities), smoothed as in
+    :func:`loo`. Returns ``(log_w, k)``: (N, S) log-weights normalised over the
+    S draws of each observation, and the (N,) Pareto shape estimates.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if ARVIZ_LINE:
+            res = az.loo(idata, pointwise=True)
+            lw = res.log_weights.transpose(..., "chain", "draw")
+            lw = np.asarray(lw).reshape(lw.shape[0], -1)
+            k = np.asarray(res.pareto_k)
+        else:
+            ll = np.asarray(idata.log_likelihood["y"])  # (C, D, N)
+            n_samples = ll.shape[0] * ll.shape[1]
+            ess = az.ess(idata, method="mean")  # az.loo's relative efficiency
+            reff = float(np.hstack([np.ravel(ess[v]) for v in ess.data_vars]).mean()) / n_samples
+            lw, k = az.psislw(-ll.reshape(n_samples, -1).T, reff)
+            lw, k = np.asarray(lw), np.asarray(k)
+    lw = lw - np.logaddexp.reduce(lw, axis=1, keepdims=True)
+    return lw, k
+
+
 def compare(idatas: dict) -> pd.DataFrame:
     """ArviZ LOO model comparison, ranked: ``rank``, ``elpd_diff`` (>= 0, from the
     best), stacking ``weight`` and the rest of ArviZ's columns."""
