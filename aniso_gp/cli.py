@@ -27,9 +27,12 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as _dt
+import hashlib
 import math
-import shutil
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -66,22 +69,39 @@ DEMO_QUICK = DemoSize(shape=(12, 12, 12), chains=2, warmup=40, samples=40)
 # --------------------------------------------------------------------------- #
 # Entry point
 # --------------------------------------------------------------------------- #
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: what is finished is kept and can be resumed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0 on success)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
         return 2
+    args.argv = argv
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
         args.handler(args)
     except KeyboardInterrupt as err:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else \
+            ("interrupted", 130)
         where = " ".join(getattr(err, "__notes__", []))
-        print(f"{PROG}: interrupted {where}".rstrip(), file=sys.stderr)
-        return 130
+        print(f"{PROG}: {what} {where}".rstrip(), file=sys.stderr)
+        return code
     except USER_ERRORS as err:
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -119,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated kernels to fit (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_resume_option(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     fit = sub.add_parser(
@@ -211,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", type=Path, metavar="DATA",
+    p.add_argument("data", type=Path, metavar="DATA", nargs="?",
                    help="a table (.csv/.tsv with coordinate and value columns) or a volume "
                    "(.npy, .tif/.tiff stack, or raw binary with --shape and --dtype)")
     g = p.add_argument_group("tables")
@@ -278,6 +299,14 @@ def _add_model_options(p: argparse.ArgumentParser, holdout: float) -> None:
                    help="output directory (default: a new runs/<data>-<time>)")
     g.add_argument("--force", action="store_true", help="replace OUT if it exists")
     g.add_argument("--title", default=None, help="report title")
+    _add_resume_option(p)
+
+
+def _add_resume_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", type=Path, default=None, metavar="OUT.partial",
+                   help="finish an interrupted run (Ctrl-C, SIGTERM, a failure) with the "
+                   "settings it was started with, reusing the fits it finished; only --quiet "
+                   "may be given with it")
 
 
 # --------------------------------------------------------------------------- #
@@ -315,10 +344,14 @@ class Plan:
 
 
 def _cmd_fit(args) -> None:
+    if args.resume is not None:
+        return _resume(args)
     _analyse_file(args, (args.kernel,), default_holdout=0.0)
 
 
 def _cmd_compare(args) -> None:
+    if args.resume is not None:
+        return _resume(args)
     _analyse_file(args, parse_kernels(args.kernels), default_holdout=0.2)
 
 
@@ -375,16 +408,18 @@ def _cmd_map(args) -> None:
 
 
 def _cmd_demo(args) -> None:
+    if args.resume is not None:
+        return _resume(args)
     size = DEMO_QUICK if args.quick else DEMO_FULL
     plan = Plan(kernels=parse_kernels(args.kernels), likelihood="whittle", chains=size.chains,
                 warmup=size.warmup, samples=size.samples, seed=args.seed,
                 progress=not args.quiet)
-    out = args.out or Path("demo_out") / f"run-{_stamp()}"
-    _check_output(out, args.force)
+    out, resume = _output(args, Path("demo_out") / f"run-{_stamp()}")
     t0 = time.perf_counter()
     data = _demo_data(size, args.seed)
     title = "aniso-gp demo: laminated nano-brick at a known orientation"
-    run = analyse(data, plan, out, force=args.force, title=title)
+    run = analyse(data, plan, out, force=args.force, title=title, resume=resume,
+                  record=_run_record(args, out, ()))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s "
           f"({len(plan.kernels)} kernels, {size.chains} chains x {size.warmup}+{size.samples}, "
           f"{math.prod(size.shape):,} voxels)")
@@ -403,6 +438,9 @@ def parse_kernels(text: str) -> tuple[str, ...]:
 
 
 def _analyse_file(args, kernels: tuple[str, ...], default_holdout: float) -> None:
+    if args.data is None:
+        raise ValueError("DATA is required (a table or a volume), or --resume OUT.partial to "
+                         "finish an interrupted run")
     whole = _whole_volume(args)
     holdout = args.holdout
     if whole and holdout:
@@ -420,14 +458,86 @@ def _analyse_file(args, kernels: tuple[str, ...], default_holdout: float) -> Non
                 warmup=args.warmup, samples=args.samples, seed=args.seed,
                 holdout=holdout, progress=not args.quiet, predict=args.predict)
     _check_plan(plan)
-    out = args.out or Path("runs") / f"{args.data.stem}-{'-'.join(kernels)}-{_stamp()}"
     # Refuse an existing OUT before reading data or compiling anything.
-    _check_output(out, args.force)
+    out, resume = _output(args, Path("runs") / f"{args.data.stem}-{'-'.join(kernels)}-{_stamp()}")
     t0 = time.perf_counter()
+    record = _run_record(args, out, (args.data, args.mask))
     data = load_data(args, whole)
     title = args.title or f"Anisotropy of {args.data.name}"
-    run = analyse(data, plan, out, force=args.force, title=title)
+    run = analyse(data, plan, out, force=args.force, title=title, resume=resume, record=record)
     print(f"done in {time.perf_counter() - t0:.0f} s; open {run / 'report.html'}")
+
+
+def _output(args, default: Path) -> tuple[Path, bool]:
+    """OUT, checked before any work, and whether an interrupted run is being resumed."""
+    stage = getattr(args, "resume_stage", None)
+    if stage is not None:
+        out = stage.with_name(stage.name.removesuffix(".partial"))
+        _check_output(out, args.force, resume=True)
+        return out, True
+    out = args.out or default
+    _check_output(out, args.force)
+    return out, False
+
+
+def _run_record(args, out: Path, inputs) -> dict:
+    """What ``--resume`` needs: the command line, where it ran, and the inputs' checksums
+    (a resumed run refuses inputs that changed since)."""
+    from aniso_gp import __version__
+
+    if getattr(args, "resume_stage", None) is not None:
+        return {}  # the marker written when the run started stays
+    return {"aniso_gp_version": __version__, "argv": args.argv, "cwd": os.getcwd(),
+            "inputs": {str(Path(p).resolve()): _sha256(p) for p in inputs
+                       if p is not None and Path(p).is_file()}}
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resume(args) -> None:
+    """``--resume OUT.partial``: run the recorded command again in that directory; fits it
+    finished are loaded, not refitted."""
+    from aniso_gp import run_dir
+
+    stage: Path = args.resume
+    if not stage.name.endswith(".partial"):
+        raise ValueError(f"--resume needs the OUT.partial directory of an interrupted run; "
+                         f"got {str(stage)!r}")
+    if not run_dir.is_run(stage):
+        raise FileNotFoundError(f"--resume {str(stage)!r} is not an interrupted aniso-gp run "
+                                f"(no such directory, or no {run_dir.MARKER} file in it)")
+    given = [a for a in args.argv[1:]
+             if not a.startswith(("--resume", "--quiet")) and Path(a) != args.resume]
+    if given:
+        raise ValueError("--resume takes every setting from the interrupted run; only --quiet "
+                         f"may be given with it (got: {' '.join(args.argv[1:])})")
+    rec = run_dir.record(stage)
+    argv, cwd = rec.get("argv"), rec.get("cwd")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+            and isinstance(cwd, str) and isinstance(rec.get("inputs", {}), dict)):
+        raise ValueError(f"--resume {str(stage)!r}: its {run_dir.MARKER} does not record the "
+                         "command (written by an older aniso-gp?); start the run again")
+    if argv[0] not in ("fit", "compare", "demo"):
+        raise ValueError(f"--resume {str(stage)!r}: cannot resume a {argv[0]!r} command")
+    for path, digest in rec.get("inputs", {}).items():
+        if not Path(path).is_file() or _sha256(path) != digest:
+            raise ValueError(f"--resume {str(stage)!r}: the input {path!r} is missing or has "
+                             "changed since the run started; start the run again")
+    saved = build_parser().parse_args(argv)
+    for name in ("data", "mask", "out"):
+        value = getattr(saved, name, None)
+        if value is not None and not value.is_absolute():
+            setattr(saved, name, Path(cwd) / value)
+    saved.argv, saved.resume_stage = argv, stage
+    saved.quiet = saved.quiet or args.quiet
+    print(f"resuming the interrupted '{PROG} {' '.join(argv)}' in {stage}", flush=True)
+    saved.handler(saved)
 
 
 def _check_plan(plan: Plan) -> None:
@@ -585,9 +695,14 @@ def _notes():
 # --------------------------------------------------------------------------- #
 # The analysis
 # --------------------------------------------------------------------------- #
-def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Path:
-    """Split, fit every kernel, compare, write the run directory ``out``; returns it."""
-    from aniso_gp import inference
+def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str,
+            resume: bool = False, record: dict | None = None) -> Path:
+    """Split, fit every kernel, compare, write the run directory ``out``; returns it.
+
+    With ``resume``, ``OUT.partial`` is reused and the fits saved in it are loaded
+    instead of refitted; ``record`` goes into the marker of a new run directory.
+    """
+    from aniso_gp import inference, run_dir
     from aniso_gp.report import FITS_DIR, write_report
 
     summary = dict(data.summary)
@@ -612,11 +727,17 @@ def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Pa
     if data.units:
         summary["units"] = data.units
 
-    with staged_output(out, force) as stage:
+    with staged_output(out, force, record=record, resume=resume) as stage:
         if data.grid is None:
             _write_points(stage, train, test)
         fits = {}
         for i, kernel in enumerate(plan.kernels, start=1):
+            saved = stage / FITS_DIR / kernel
+            if resume and (saved / "settings.json").is_file():  # written last by Fit.save
+                fits[kernel] = inference.Fit.load(saved)
+                print(f"[{i}/{len(plan.kernels)}] the {kernel} kernel: reusing the finished "
+                      f"fit in {saved}", flush=True)
+                continue
             print(f"[{i}/{len(plan.kernels)}] fitting the {kernel} kernel: {what}, "
                   f"{plan.chains} chains x ({plan.warmup} warm-up + {plan.samples} draws)",
                   flush=True)
@@ -628,7 +749,9 @@ def analyse(data: Dataset, plan: Plan, out: Path, force: bool, title: str) -> Pa
                 num_warmup=plan.warmup, num_samples=plan.samples, seed=plan.seed,
                 progress=plan.progress, likelihood=plan.likelihood, **point_options,
             )
-            f.save(stage / FITS_DIR / kernel)  # kept even if a later kernel fails
+            # Saved now, so it is kept if a later kernel fails (overwrite: a save that an
+            # interruption cut short).
+            f.save(run_dir.subdir(stage, FITS_DIR, kernel), overwrite=True)
             fits[kernel] = f
             print(f"      {kernel}: {time.perf_counter() - t0:.0f} s", flush=True)
         print("comparing and writing the report ...", flush=True)
@@ -649,13 +772,19 @@ def _write_prediction(stage: Path, fits: dict, fmt: str, progress: bool) -> None
     name = _main_fit(fits)
     print(f"      predicting the {name} fit on the grid ...", flush=True)
     mean, sd, info = fits[name].predict_grid(progress=progress)
+    import io as _io
+
+    from aniso_gp.run_dir import write_file
+
     for stem, arr in (("prediction_mean", mean), ("prediction_sd", sd)):
+        buf = _io.BytesIO()
         if fmt == "npy":
-            np.save(stage / f"{stem}.npy", arr)
+            np.save(buf, arr)
         else:
             import tifffile
 
-            tifffile.imwrite(stage / f"{stem}.tif", arr.astype(np.float32))
+            tifffile.imwrite(buf, arr.astype(np.float32))
+        write_file(stage / f"{stem}.{fmt}", buf.getvalue())
     print(f"      prediction: {info['draws']} draws, largest CG residual "
           f"{info['max_cg_residual']:.1e}", flush=True)
 
@@ -681,7 +810,9 @@ def _write_points(stage: Path, train, test) -> None:
         pd.DataFrame({"x": f.X[:, 0], "y": f.X[:, 1], "z": f.X[:, 2], "value": f.y, "set": s})
         for s, f in parts
     ], ignore_index=True)
-    frame.to_csv(stage / "points.csv", index=False)
+    from aniso_gp.run_dir import write_file
+
+    write_file(stage / "points.csv", frame.to_csv(index=False))
 
 
 def _print_result(out: Path, fits: dict, comparison, truth) -> None:
@@ -721,47 +852,62 @@ def _partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _check_output(out: Path, force: bool) -> None:
-    """Refuse, before any work, an existing OUT (or a stale OUT.partial) without --force."""
+def _check_output(out: Path, force: bool, resume: bool = False) -> None:
+    """Refuse, before any work, an existing OUT (or a stale OUT.partial) without --force,
+    and with --force one that aniso-gp did not write."""
+    from aniso_gp import run_dir
+
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{str(out)!r} exists and is not a directory")
     if out.exists() and not force:
         raise FileExistsError(f"output directory {str(out)!r} exists; pass --force to replace "
                               "it or choose another --out")
-    if _partial(out).exists() and not force:
-        raise FileExistsError(f"{str(_partial(out))!r} (an interrupted earlier run) exists; "
-                              "remove it or pass --force")
+    if out.exists() and not run_dir.is_run(out):
+        run_dir.remove(out, "by --force")  # raises: only aniso-gp's own runs are replaced
+    stage = _partial(out)
+    if resume or not stage.exists():
+        return
+    if not force:
+        raise FileExistsError(f"{str(stage)!r} (an interrupted earlier run) exists; resume it "
+                              f"with '{PROG} fit --resume {stage}', remove it, or pass --force")
+    if not run_dir.is_run(stage):
+        run_dir.remove(stage, "by --force")
 
 
 @contextlib.contextmanager
-def staged_output(out: Path, force: bool):
-    """Yield a fresh ``OUT.partial`` directory; on success it replaces ``OUT``.
+def staged_output(out: Path, force: bool, record: dict | None = None, resume: bool = False):
+    """Yield a fresh ``OUT.partial`` run directory; on success it replaces ``OUT``.
 
-    ``OUT`` is replaced only with ``force``. On failure or interruption the
-    partial directory stays, and the exception gets a note saying where.
-    A stale ``OUT.partial`` from an earlier interrupted run is only removed
-    with ``force``.
+    ``OUT`` is replaced only with ``force``, and only if aniso-gp wrote it. On failure,
+    interruption or SIGTERM the partial directory stays, with ``record`` (the command
+    and its inputs) in its marker, and the exception gets a note saying how to resume.
+    With ``resume`` the existing ``OUT.partial`` is reused. A stale ``OUT.partial``
+    from an earlier interrupted run is only removed with ``force``.
     """
+    from aniso_gp import run_dir
+
     out = Path(out)
-    _check_output(out, force)
+    _check_output(out, force, resume)
     stage = _partial(out)
-    if stage.exists():  # only reached with force
-        shutil.rmtree(stage)
-    stage.mkdir(parents=True)
+    if not resume:
+        if stage.exists():  # only reached with force, and only an aniso-gp run
+            run_dir.remove(stage, "by --force")
+        run_dir.create(stage, record)
     try:
         yield stage
     except BaseException as err:
-        err.add_note(f"(finished artefacts kept in {str(stage)!r})")
+        err.add_note(f"(finished artefacts kept in {str(stage)!r}; resume with "
+                     f"'{PROG} fit --resume {stage}')")
         raise
     old = None
     if out.exists():
         old = out.with_name(out.name + ".old")
         if old.exists():
-            shutil.rmtree(old)
+            run_dir.remove(old, "to make room for the previous run")
         out.rename(old)
     stage.rename(out)
     if old is not None:
-        shutil.rmtree(old)
+        run_dir.remove(old, "after replacing it")
 
 
 if __name__ == "__main__":  # pragma: no cover

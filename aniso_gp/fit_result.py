@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -23,6 +25,7 @@ from aniso_gp import _validation as check
 from aniso_gp import diagnostics, gridded, kernels, orientation
 from aniso_gp.likelihoods import exact_predict, lowrank_predict
 from aniso_gp.models import dense_covariance, lowrank_parts
+from aniso_gp.run_dir import write_file
 
 FORMAT_VERSION = 1  # of the saved settings.json
 
@@ -288,10 +291,15 @@ class Fit:
                 f"{path} already holds a saved fit; pass overwrite=True to replace it"
             )
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "posterior.nc.partial"
-        diagnostics.to_netcdf(self.idata, tmp)
-        os.replace(tmp, files[0])
-        files[1].write_text(json.dumps(self.settings, indent=2))
+        # A fresh temporary directory of our own, so a link planted at any fixed
+        # temporary name is never written through; settings.json last marks it complete.
+        tmp = Path(tempfile.mkdtemp(dir=path, prefix=".posterior."))
+        try:
+            diagnostics.to_netcdf(self.idata, tmp / "posterior.nc")
+            os.replace(tmp / "posterior.nc", files[0])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        write_file(files[1], json.dumps(self.settings, indent=2))
         return path
 
     @classmethod
@@ -302,12 +310,24 @@ class Fit:
             if not f.exists():
                 raise FileNotFoundError(
                     f"{f} not found: is {path} a directory written by Fit.save?")
-        settings = json.loads(js.read_text())
-        if settings.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{js}: unsupported format_version {settings.get('format_version')}")
-        idata = diagnostics.from_netcdf(nc)
-        idata.load() if hasattr(idata, "load") else None
-        return cls(idata, settings)
+        try:
+            settings = json.loads(js.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{js} is not a saved fit's settings (not JSON: {err})") from err
+        if not isinstance(settings, dict) or settings.get("format_version") != FORMAT_VERSION:
+            found = settings.get("format_version") if isinstance(settings, dict) else settings
+            raise ValueError(f"{js}: unsupported format_version {found!r}")
+        try:
+            idata = diagnostics.from_netcdf(nc)
+            idata.load() if hasattr(idata, "load") else None
+        except Exception as err:  # netCDF4/h5py/xarray each raise their own on a bad file
+            raise ValueError(f"{nc} cannot be read as a saved posterior "
+                             f"({type(err).__name__}: {err})") from err
+        try:
+            return cls(idata, settings)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} does not hold a consistent saved fit "
+                             f"({type(err).__name__}: {err})") from err
 
     def __repr__(self) -> str:
         s = self.settings

@@ -19,6 +19,7 @@ import pandas as pd
 
 from aniso_gp import plots, report
 from aniso_gp.report import Bullets, FigureBlock, Heading, Paragraph, Table
+from aniso_gp.run_dir import write_file
 
 MAX_FAILURE_ROWS = 20
 
@@ -118,5 +119,5 @@ def write_map_report(ds, out_dir, title: str = "Orientation map", volume=None):
     out.mkdir(parents=True, exist_ok=True)
     blocks = build_blocks(ds, volume)
     report._write_figures(out, blocks)
-    report._atomic_write(out / report.REPORT_MD, report.render_markdown(blocks, title))
-    return report._atomic_write(out / report.REPORT_HTML, report.render_html(blocks, title))
+    write_file(out / report.REPORT_MD, report.render_markdown(blocks, title))
+    return write_file(out / report.REPORT_HTML, report.render_html(blocks, title))

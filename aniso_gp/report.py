@@ -32,7 +32,7 @@ import html
 import io as _io
 import json
 import math
-import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +41,7 @@ import pandas as pd
 
 from aniso_gp import __version__, orientation, plots
 from aniso_gp.datasets import Truth, Volume
+from aniso_gp.run_dir import check_name, subdir, write_file
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -147,8 +148,8 @@ def write_report(
     _write_tables(run_dir, fits, comparison)
     _write_meta(run_dir, fits, main, data_summary, truth, title, units, volume)
     _write_figures(run_dir, blocks)
-    html_path = _atomic_write(run_dir / REPORT_HTML, render_html(blocks, title))
-    md_path = _atomic_write(run_dir / REPORT_MD, render_markdown(blocks, title))
+    html_path = write_file(run_dir / REPORT_HTML, render_html(blocks, title))
+    md_path = write_file(run_dir / REPORT_MD, render_markdown(blocks, title))
     return html_path, md_path
 
 
@@ -170,10 +171,7 @@ def rebuild_report(run_dir) -> tuple[Path, Path]:
             f"{str(meta_path)!r} not found: {str(run_dir)!r} is not a run directory written by "
             "aniso-gp (write_report)"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{str(meta_path)!r} is not valid JSON: {err}") from err
+    meta = _read_meta(meta_path)
     fits = {name: Fit.load(run_dir / FITS_DIR / name) for name in meta["fits"]}
     comparison = None
     if (run_dir / COMPARISON_CSV).is_file():
@@ -183,12 +181,42 @@ def rebuild_report(run_dir) -> tuple[Path, Path]:
         with np.load(run_dir / VOLUME_NPZ, allow_pickle=False) as z:
             volume = Volume(density=z["density"], spacing=tuple(z["spacing"]),
                             origin=tuple(z["origin"]))
-    truth = _truth_from_dict(meta.get("truth"))
+    try:
+        truth = _truth_from_dict(meta.get("truth"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{str(meta_path)!r}: 'truth' is not a saved truth ({err})") from err
     return write_report(
         run_dir, fits, meta.get("data_summary", {}), comparison=comparison, truth=truth,
         title=meta.get("title", "Anisotropy report"), volume=volume,
         units=meta.get("units", ""), main=meta.get("main"),
     )
+
+
+_META_TYPES = {"title": str, "units": str, "main": (str, type(None)), "data_summary": dict,
+               "truth": (dict, type(None)), "volume": bool}
+
+
+def _read_meta(path: Path) -> dict:
+    """``report.json``, checked before anything in it is used (fit names become paths)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object; got {type(meta).__name__}")
+    names = meta.get("fits")
+    if not isinstance(names, list) or not names or len(set(map(str, names))) != len(names):
+        raise ValueError(f"{str(path)!r}: 'fits' must be a non-empty list of distinct fit "
+                         f"names; got {names!r}")
+    for name in names:
+        check_name(name, f"{str(path)!r}: fit name")
+    for key, kind in _META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise ValueError(f"{str(path)!r}: {key!r} has the wrong type "
+                             f"({type(meta[key]).__name__})")
+    if meta.get("main") is not None and meta["main"] not in names:
+        raise ValueError(f"{str(path)!r}: 'main' {meta['main']!r} is not one of 'fits'")
+    return meta
 
 
 # --------------------------------------------------------------------------- #
@@ -577,32 +605,48 @@ def _html_table(t: Table) -> str:
 
 
 def render_markdown(blocks: list, title: str) -> str:
-    """Markdown twin of :func:`render_html`; figures link to ``figures/<name>.png``."""
-    out = [f"# {title}", ""]
+    """Markdown twin of :func:`render_html`; figures link to ``figures/<name>.png``.
+
+    Every text (titles, file and column names, cells) goes through :func:`md_text`,
+    so user strings show literally and cannot inject Markdown or HTML.
+    """
+    out = [f"# {md_text(title)}", ""]
     for b in blocks:
         if isinstance(b, Heading):
-            out += ["#" * b.level + " " + b.text, ""]
+            out += ["#" * b.level + " " + md_text(b.text), ""]
         elif isinstance(b, Paragraph):
-            out += [b.text, ""]
+            out += [md_text(b.text), ""]
         elif isinstance(b, Bullets):
-            out += [f"- {t}" for t in b.items] + [""]
+            out += [f"- {md_text(t)}" for t in b.items] + [""]
         elif isinstance(b, Table):
             out += _markdown_table(b.frame)
-            out += ([f"*{b.caption}*", ""] if b.caption else [])
+            out += ([f"*{md_text(b.caption)}*", ""] if b.caption else [])
         elif isinstance(b, FigureBlock):
-            out += [f"![{b.name}]({FIGURES_DIR}/{b.name}.png)", "", f"*{b.caption}*", ""]
+            name = check_name(b.name, "figure")
+            out += [f"![{name}]({FIGURES_DIR}/{name}.png)", "", f"*{md_text(b.caption)}*", ""]
     return "\n".join(out)
 
 
-def _markdown_table(frame: pd.DataFrame) -> list[str]:
-    def cell(v) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+# Characters with a Markdown (or inline HTML) meaning anywhere in a line; the ones that
+# only act at the start of a line are handled by _MD_LINE_START.
+_MD_INLINE = re.compile(r"([\\`*_\[\]<>|~&])")
+_MD_LINE_START = re.compile(r"^([#=+>-]|\d+(?=[.)]))")
 
+
+def md_text(text) -> str:
+    """``text`` on one line, escaped so that Markdown renders it literally."""
+    flat = " ".join(str(text).split())
+    flat = _MD_INLINE.sub(r"\\\1", flat)
+    return _MD_LINE_START.sub(lambda m: (m.group(1) + "\\") if m.group(1)[0].isdigit()
+                              else "\\" + m.group(1), flat, count=1)
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
     header = [frame.index.name or ""] + [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+    lines = ["| " + " | ".join(md_text(h) for h in header) + " |",
              "|" + "---|" * len(header)]
     for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join(cell(v) for v in [idx, *row]) + " |")
+        lines.append("| " + " | ".join(md_text(v) for v in [idx, *row]) + " |")
     return [*lines, ""]
 
 
@@ -632,34 +676,22 @@ def _fmt(v) -> str:
 # --------------------------------------------------------------------------- #
 # Files
 # --------------------------------------------------------------------------- #
-def _atomic_write(path: Path, text_or_bytes) -> Path:
-    """Write via a temporary sibling and rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(text_or_bytes, bytes):
-        tmp.write_bytes(text_or_bytes)
-    else:
-        tmp.write_text(text_or_bytes, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def _write_figures(run_dir: Path, blocks: list) -> None:
-    fig_dir = run_dir / FIGURES_DIR
-    fig_dir.mkdir(exist_ok=True)
+    fig_dir = subdir(run_dir, FIGURES_DIR)
     for b in blocks:
         if isinstance(b, FigureBlock):
-            _atomic_write(fig_dir / f"{b.name}.png", b.png)
+            write_file(fig_dir / f"{b.name}.png", b.png)
 
 
 def _write_tables(run_dir: Path, fits: dict, comparison: pd.DataFrame | None) -> None:
     summary = pd.concat({k: f.summary() for k, f in fits.items()}, names=["kernel", "quantity"])
-    _atomic_write(run_dir / "summary.csv", summary.to_csv())
+    write_file(run_dir / "summary.csv", summary.to_csv())
     orient = pd.concat({k: f.orientation() for k, f in fits.items()}, names=["kernel", "axis"])
-    _atomic_write(run_dir / "orientation.csv", orient.to_csv())
+    write_file(run_dir / "orientation.csv", orient.to_csv())
     diag = {k: f.diagnostics() for k, f in fits.items()}
-    _atomic_write(run_dir / "diagnostics.json", json.dumps(_jsonable(diag), indent=2))
+    write_file(run_dir / "diagnostics.json", json.dumps(_jsonable(diag), indent=2))
     if comparison is not None:
-        _atomic_write(run_dir / COMPARISON_CSV, comparison.to_csv())
+        write_file(run_dir / COMPARISON_CSV, comparison.to_csv())
 
 
 def _write_meta(run_dir, fits, main, data_summary, truth, title, units, volume) -> None:
@@ -673,12 +705,12 @@ def _write_meta(run_dir, fits, main, data_summary, truth, title, units, volume) 
         "volume": volume is not None,
         "aniso_gp_version": __version__,
     }
-    _atomic_write(run_dir / META_JSON, json.dumps(meta, indent=2))
+    write_file(run_dir / META_JSON, json.dumps(meta, indent=2))
     if volume is not None:
         buf = _io.BytesIO()
         np.savez_compressed(buf, density=volume.density, spacing=np.asarray(volume.spacing),
                             origin=np.asarray(volume.origin))
-        _atomic_write(run_dir / VOLUME_NPZ, buf.getvalue())
+        write_file(run_dir / VOLUME_NPZ, buf.getvalue())
 
 
 def _jsonable(v):

@@ -124,6 +124,113 @@ def test_report_rebuilds_a_saved_run(fitted_run, capsys):
     assert (fitted_run / "figures" / "stereonet.png").is_file()
 
 
+def test_report_does_not_write_through_links_or_trust_report_json(fitted_run, tmp_path,
+                                                                   capsys):
+    """A received run directory with planted links and hostile names: the report refuses
+    or replaces the links, never writes outside, and validates fit names first."""
+    import shutil
+
+    run = tmp_path / "received"
+    shutil.copytree(fitted_run, run)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.html").write_text("precious")
+    (run / "report.html").unlink()
+    (run / "report.html").symlink_to(outside / "victim.html")
+    (run / "report.html.tmp").symlink_to(outside / "victim.html")
+    code, _, err = _run(capsys, "report", run)
+    assert code == 0, err
+    assert (outside / "victim.html").read_text() == "precious"
+    assert not (run / "report.html").is_symlink()
+
+    shutil.rmtree(run / "figures")
+    (run / "figures").symlink_to(outside)
+    code, _, err = _run(capsys, "report", run)
+    assert code == 1 and "figures' is a symbolic link" in _error_line(err)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.html"]
+
+    meta = json.loads((run / "report.json").read_text())
+    for bad, message in ((["../../../x"], "fit name '../../../x' is not a valid name"),
+                         ([], "'fits' must be a non-empty list"),
+                         ("ard", "'fits' must be a non-empty list")):
+        (run / "report.json").write_text(json.dumps({**meta, "fits": bad}))
+        code, _, err = _run(capsys, "report", run)
+        assert code == 1 and message in _error_line(err)
+    (run / "report.json").write_text(json.dumps({**meta, "title": ["x"]}))
+    code, _, err = _run(capsys, "report", run)
+    assert code == 1 and "'title' has the wrong type" in _error_line(err)
+    (run / "report.json").write_text(json.dumps(meta))
+    (run / "fits" / "ard" / "posterior.nc").write_bytes(b"\x89HDF garbage")
+    code, _, err = _run(capsys, "report", run)
+    assert code == 1 and "posterior.nc cannot be read as a saved posterior" in _error_line(err)
+
+
+def test_an_interrupted_fit_resumes_reusing_finished_fits(tiny_volume, tmp_path, capsys,
+                                                         monkeypatch):
+    """Interrupted after its fit was saved: 'fit --resume OUT.partial' loads that fit instead
+    of sampling again, finishes the report and renames the directory."""
+    from aniso_gp import inference
+
+    real_compare = inference.compare
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(inference, "compare", interrupted)
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "fit", tiny_volume, "--kernel", "ard", "--out", out, *TINY)
+    assert code == 130 and f"fit --resume {out}.partial" in err
+    stage = tmp_path / "run.partial"
+    assert (stage / "fits" / "ard" / "settings.json").is_file() and not out.exists()
+
+    code, _, err = _run(capsys, "fit", "--resume", stage, "--chains", "3")
+    assert code == 1 and "only --quiet may be given" in _error_line(err)
+    code, _, err = _run(capsys, "fit", "--resume", tmp_path / "elsewhere.partial")
+    assert code == 1 and "not an interrupted aniso-gp run" in _error_line(err)
+
+    monkeypatch.setattr(inference, "compare", real_compare)
+    monkeypatch.setattr(inference, "fit", lambda *a, **k: pytest.fail("refitted"))
+    code, out_text, err = _run(capsys, "fit", "--resume", stage, "--quiet")
+    assert code == 0, err
+    assert "reusing the finished fit" in out_text
+    assert (out / "report.html").is_file() and not stage.exists()
+
+
+def test_resume_refuses_changed_inputs(tiny_volume, tmp_path, capsys, monkeypatch):
+    from aniso_gp import inference
+
+    data = tmp_path / "copy.npy"
+    data.write_bytes(tiny_volume.read_bytes())
+    monkeypatch.setattr(inference, "fit", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    code, _, _ = _run(capsys, "fit", data, "--out", tmp_path / "r", *TINY)
+    assert code == 130
+    np.save(data, np.zeros((10, 10, 10), np.float32))
+    code, _, err = _run(capsys, "fit", "--resume", tmp_path / "r.partial")
+    assert code == 1 and "has changed since the run started" in _error_line(err)
+
+
+def test_sigterm_is_handled_like_ctrl_c(tiny_volume, tmp_path):
+    """SIGTERM while sampling: exit 143, one message naming the kept directory."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "aniso_gp", "fit", str(tiny_volume),
+                             "--kernel", "ard", "--out", str(out), *TINY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=fast_compile_env())
+    for line in proc.stdout:  # the fit has started: signal handlers are installed
+        if "fitting the ard kernel" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM)" in err and "--resume" in err and "Traceback" not in err
+    assert (tmp_path / "run.partial").is_dir() and not out.exists()
+
+
 def test_existing_output_is_not_replaced_without_force(fitted_run, tiny_volume, capsys):
     before = (fitted_run / "report.json").read_text()
     code, _, err = _run(capsys, "fit", tiny_volume, "--out", fitted_run, *TINY)
@@ -133,22 +240,8 @@ def test_existing_output_is_not_replaced_without_force(fitted_run, tiny_volume, 
 
 
 # --------------------------------------------------------------------------- #
-# Output directory safety (no sampling)
+# Output directory safety (no sampling; the rest is in tests/test_run_dir.py)
 # --------------------------------------------------------------------------- #
-def test_staged_output_replaces_only_with_force(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    with pytest.raises(FileExistsError), cli.staged_output(out, force=False):
-        pass
-    with cli.staged_output(out, force=True) as stage:
-        assert stage != out and not (stage / "old.txt").exists()
-        (stage / "new.txt").write_text("new")
-        assert (out / "old.txt").exists()  # untouched until the run is complete
-    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
 def test_failed_run_keeps_finished_artefacts(tmp_path, tiny_volume, capsys, monkeypatch):
     """The second kernel fails: the first kernel's saved fit survives in OUT.partial."""
     from aniso_gp import inference
@@ -156,8 +249,7 @@ def test_failed_run_keeps_finished_artefacts(tmp_path, tiny_volume, capsys, monk
     class FakeFit:
         kernel = "rotated"
 
-        def save(self, path):
-            path.mkdir(parents=True)
+        def save(self, path, overwrite=False):
             (path / "settings.json").write_text("{}")
 
     def fake_fit(X, y, kernel="rotated", **kw):

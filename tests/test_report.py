@@ -167,7 +167,7 @@ def test_write_report_directly(fits, tmp_path):
     assert ">Orientation (full)</h2>" in html and "No model comparison was run." in html
     assert html.count("data:image/png;base64,") == 4  # no slices without a volume
     assert "Against the known truth" not in html
-    assert md_path.read_text().startswith("# Fits <&>")
+    assert md_path.read_text().startswith("# Fits \\<\\&\\>")  # literal in Markdown too
 
 
 # --------------------------------------------------------------------------- #
