@@ -22,9 +22,17 @@ def _to_numpy(x, name: str) -> np.ndarray:
     kind = type(x).__name__  # before the pandas conversion, so the message names it
     if hasattr(x, "to_numpy"):  # pandas DataFrame / Series
         x = x.to_numpy()
+    if isinstance(x, str | bytes | dict | set):
+        raise ValueError(f"`{name}` must be numeric array-like; got {kind}")
     try:
-        arr = np.asarray(x, dtype=np.float64)
+        raw = np.asarray(x)
+        if np.iscomplexobj(raw):  # NumPy would drop the imaginary part with only a warning
+            raise ValueError(f"`{name}` holds complex numbers; coordinates and values must "
+                             "be real")
+        arr = raw.astype(np.float64)
     except (TypeError, ValueError) as err:
+        if "complex" in str(err):
+            raise
         raise ValueError(f"`{name}` must be numeric array-like; got {kind}") from err
     return arr
 
@@ -59,9 +67,21 @@ def one_of(value, options, name: str):
 
 
 def coordinates(X, name: str = "X", min_points: int = 1) -> jnp.ndarray:
-    """Coerce 3-D coordinates to a float64 array of shape (N, 3)."""
+    """Coerce 3-D coordinates to a float64 array of shape (N, 3).
+
+    A DataFrame must name its columns x, y, z (taken by name, in that order): columns
+    are never taken by position whatever their names.
+    """
     if is_traced(X):
         return X
+    if hasattr(X, "columns") and list(X.columns) != [0, 1, 2]:  # [0, 1, 2]: built unnamed
+        cols = {str(c).lower(): c for c in X.columns}
+        if not {"x", "y", "z"} <= set(cols):
+            raise ValueError(
+                f"`{name}` is a DataFrame with columns {[str(c) for c in X.columns]}; it needs "
+                "columns named x, y, z (or use aniso_gp.read_table(df, x=..., y=..., z=..., "
+                "value=...) to choose them)")
+        X = X[[cols["x"], cols["y"], cols["z"]]]
     arr = _to_numpy(X, name)
     if arr.ndim == 1 and arr.shape[0] == 3:
         arr = arr[None, :]
@@ -125,6 +145,8 @@ def positive_scalar(v, name: str, allow_zero: bool = False) -> float:
     if is_traced(v):
         return v
     try:
+        if isinstance(v, bool | str | bytes):
+            raise TypeError
         f = float(v)
     except (TypeError, ValueError) as err:
         raise ValueError(f"`{name}` must be a number; got {v!r}") from err
@@ -151,9 +173,49 @@ def integer(v, name: str, minimum: int = 1, maximum: int | None = None) -> int:
     raise ValueError(f"`{name}` must be {kind}; got {v!r}")
 
 
-def positive_int(v, name: str) -> int:
+def positive_int(v, name: str, maximum: int | None = None) -> int:
     """A whole number >= 1 (see :func:`integer`)."""
-    return integer(v, name)
+    return integer(v, name, maximum=maximum)
+
+
+#: Seeds are 32-bit: what jax.random.PRNGKey and NumPy's generators take without surprise.
+MAX_SEED = 2**32 - 1
+
+
+def seed(v, name: str = "seed") -> int:
+    """A random seed: a whole number in [0, 2**32 - 1]."""
+    return integer(v, name, minimum=0, maximum=MAX_SEED)
+
+
+def flag(v, name: str) -> bool:
+    """True or False (NumPy booleans too); 'yes', 1 and None are refused."""
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    raise ValueError(f"`{name}` must be True or False; got {v!r}")
+
+
+def open_unit(v, name: str) -> float:
+    """A number strictly between 0 and 1 (a probability that is neither)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be a number in (0, 1); got {v!r}") from err
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"`{name}` must be in (0, 1); got {v!r}")
+    return f
+
+
+def finite_scalar(v, name: str) -> float:
+    """Any finite real number."""
+    if is_traced(v):
+        return v
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be a number; got {v!r}") from err
+    if not np.isfinite(f) or isinstance(v, bool | str):
+        raise ValueError(f"`{name}` must be a finite number; got {v!r}")
+    return f
 
 
 def tolerance(v, name: str = "tol") -> float:

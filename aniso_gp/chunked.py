@@ -411,9 +411,7 @@ def open_volume(path, spacing=None, *, origin=None, shape=None, dtype=None, offs
             raise ValueError(f"`mask` has shape {tuple(mask_reader.shape)} but the volume has "
                              f"{vshape}")
     if threshold is not None:
-        threshold = float(threshold)
-        if not np.isfinite(threshold):
-            raise ValueError(f"`threshold` must be a finite number; got {threshold!r}")
+        threshold = check.finite_scalar(threshold, "threshold")
     vol = LazyVolume(
         reader=reader,
         spacing=check.triple(1.0 if spacing is None else spacing, "spacing", positive=True),

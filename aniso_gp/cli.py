@@ -30,6 +30,7 @@ import datetime as _dt
 import hashlib
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
-        args.handler(args)
+        with _as_options():
+            args.handler(args)
     except KeyboardInterrupt as err:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else \
             ("interrupted", 130)
@@ -103,6 +105,43 @@ def main(argv=None) -> int:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+#: API argument -> the option (or operand) that sets it, for error messages: a user of the
+#: command line should read the names they typed. ``y`` is DATA's values, except around
+#: read_table, where it is the --y column (see load_data).
+_OPTION_OF = {
+    "X": "DATA", "volume": "DATA", "path": "DATA", "path_or_dataframe": "DATA",
+    "y": "the values of DATA", "spacing": "--spacing", "origin": "--spacing",
+    "shape": "--shape", "dtype": "--dtype", "offset": "--offset", "dataset": "--dataset",
+    "mask": "--mask", "threshold": "--threshold", "taper": "--taper", "box": "--crop",
+    "n": "--subsample", "method": "--subsample-method", "test_fraction": "--holdout",
+    "x": "--x", "z": "--z", "value": "--value", "tile": "--tile", "stride": "--stride",
+    "min_observed": "--min-observed", "workers": "--workers", "n_workers": "--workers",
+    "scheduler": "--scheduler", "num_chains": "--chains", "num_warmup": "--warmup",
+    "num_samples": "--samples", "num_landmarks": "--landmarks", "seed": "--seed",
+    "base": "--base", "kernel": "--kernel", "likelihood": "--likelihood",
+}
+
+
+@contextlib.contextmanager
+def _as_options(**extra):
+    """Rewrite the API argument names in a ValueError's message (`spacing`, value='g')
+    as the command line's options (--spacing, --value 'g')."""
+    names = {**_OPTION_OF, **extra}
+    try:
+        yield
+    except ValueError as err:
+        text = str(err)
+        new = re.sub(r"`(\w+)`", lambda m: names.get(m.group(1), m.group(0)), text)
+        new = re.sub(r"\b(x|y|z|value)=(?=')",
+                     lambda m: names.get(m.group(1), m.group(1)) + " ", new)
+        if new == text:
+            raise
+        out = ValueError(new)
+        for note in getattr(err, "__notes__", []):
+            out.add_note(note)
+        raise out from err
 
 
 def one_line(err: BaseException) -> str:
@@ -449,6 +488,10 @@ def _analyse_file(args, kernels: tuple[str, ...], default_holdout: float) -> Non
                          "points instead)")
     if holdout is None:
         holdout = 0.0 if whole else default_holdout
+    if args.subsample is not None:
+        from aniso_gp.inference import MIN_POINTS
+
+        check.integer(args.subsample, "--subsample", minimum=MIN_POINTS)
     if args.predict and not whole:
         raise ValueError("--predict writes grid predictions of a whole-volume fit; it does "
                          "not apply to tables or --subsample")
@@ -543,6 +586,7 @@ def _resume(args) -> None:
 def _check_plan(plan: Plan) -> None:
     for name in ("chains", "warmup", "samples", "landmarks"):
         check.positive_int(getattr(plan, name), f"--{name}")
+    check.seed(plan.seed, "--seed")
     if not 0.0 <= plan.holdout < 1.0:
         raise ValueError(f"--holdout must be in [0, 1); got {plan.holdout}")
 
@@ -577,8 +621,9 @@ def load_data(args, whole: bool | None = None) -> Dataset:
     whole = _whole_volume(args) if whole is None else whole
     with _notes():
         if path.suffix.lower() in TABLE_SUFFIXES:
-            X, y = io.read_table(path, x=args.x, y=args.y, z=args.z, value=args.value,
-                                 dropna=True)
+            with _as_options(y="--y"):
+                X, y = io.read_table(path, x=args.x, y=args.y, z=args.z, value=args.value,
+                                     dropna=True)
             volume = None
             kind = f"table, columns x={args.x}, y={args.y}, z={args.z}, value={args.value}"
             units = args.units or ""
@@ -625,6 +670,9 @@ def parse_crop(text: str, shape) -> tuple[slice, slice, slice]:
         except ValueError:
             raise ValueError(f"--crop ranges look like 0:64 or : ; got {part!r} in "
                              f"{text!r}") from None
+        if any(b is not None and not -n <= b <= n for b in (lo, hi)):
+            raise ValueError(f"--crop {part.strip()!r} reaches outside an axis of {n} voxels "
+                             f"(the volume's shape is {tuple(shape)})")
         sl = slice(lo, hi)
         start, stop, _ = sl.indices(n)
         if stop - start < 1:

@@ -66,7 +66,7 @@ class Field:
         n_test = int(round(test_fraction * n))
         if n_test < 1 or n_test > n - 1:
             raise ValueError(f"`test_fraction`={test_fraction} leaves an empty split of {n} points")
-        perm = np.random.default_rng(seed).permutation(n)
+        perm = np.random.default_rng(check.seed(seed)).permutation(n)
         return self.subset(np.sort(perm[n_test:])), self.subset(np.sort(perm[:n_test]))
 
 
@@ -80,7 +80,7 @@ def design_points(n: int, design: str = "uniform", extent: float = 1.0, seed: in
     check.one_of(design, DESIGNS, "design")
     n = check.integer(n, "n", minimum=2)
     extent = check.positive_scalar(extent, "extent")
-    rng = np.random.default_rng([seed, 0])
+    rng = np.random.default_rng([check.seed(seed), 0])
     if design == "uniform":
         return rng.uniform(0.0, extent, size=(n, 3))
     k = int(round(n ** (1 / 3)))
@@ -118,6 +118,7 @@ def synthetic_field(
     base = check.base_name(base)
     variance = check.positive_scalar(variance, "variance")
     noise_sd = check.positive_scalar(noise_sd, "noise_sd", allow_zero=True)
+    seed = check.seed(seed)
     X = design_points(n, design, extent, seed)
     params = {"lengthscales": jnp.asarray(l), "axis_angle": jnp.asarray(a), "variance": variance}
     K = kernels.gram(jnp.asarray(X), jnp.asarray(X), params, base)
@@ -377,9 +378,7 @@ def nano_brick(
     a = np.asarray(check.vector3(axis_angle, "axis_angle"))
     variance = check.positive_scalar(variance, "variance")
     noise_sd = check.positive_scalar(noise_sd, "noise_sd", allow_zero=True)
-    mean = float(mean)
-    if not np.isfinite(mean):
-        raise ValueError(f"`mean` must be finite; got {mean}")
+    mean = check.finite_scalar(mean, "mean")
     found = _texture_of(np.sort(l)[::-1])
     if found != texture:
         raise ValueError(
@@ -388,7 +387,7 @@ def nano_brick(
             "laminated needs long, long >> short; fibrous needs long >> short, short"
         )
     lc, ac, M, axes = (np.asarray(v) for v in _canonical_truth(l, a))
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check.seed(seed))
     f = mean + stationary_rbf_grid(shape, spacing, M, variance, rng)
     density = f + noise_sd * rng.standard_normal(shape)
     truth = Truth(
@@ -435,7 +434,7 @@ def patchwork(blocks=(2, 2, 1), block=24, lengthscales=(6.0, 4.0, 1.5), noise_sd
     short axis).
     """
     nb = tuple(int(b) for b in blocks)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check.seed(seed))
     density = np.empty(tuple(b * block for b in nb))
     axes = np.empty((*nb, 3, 3))
     for idx in np.ndindex(*nb):

@@ -193,4 +193,14 @@ def to_netcdf(idata, path) -> None:
 
 
 def from_netcdf(path):
-    return az.from_netcdf(str(path))
+    """The saved posterior, read into memory and its file closed.
+
+    Closed here rather than left to xarray's file cache: netCDF4 is not thread-safe,
+    and a cached handle closed later by the garbage collector crashed the process
+    (a segfault after a few dozen loads in one session)."""
+    data = az.from_netcdf(str(path))
+    if hasattr(data, "load"):
+        data.load()
+    if hasattr(data, "close"):
+        data.close()
+    return data

@@ -30,6 +30,20 @@ from aniso_gp.run_dir import write_file
 FORMAT_VERSION = 1  # of the saved settings.json
 
 
+#: A spread below this fraction of the data's magnitude is round-off, not variation.
+RELATIVE_SPREAD = 1e-10
+
+
+def _robust_mean_sd(v: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation without overflow or underflow (scaled first)."""
+    mag = float(np.max(np.abs(v)))
+    if not mag > 0:
+        return 0.0, 0.0
+    u = v / mag
+    m = float(np.mean(u))
+    return m * mag, float(np.sqrt(np.mean((u - m) ** 2))) * mag
+
+
 @dataclasses.dataclass(frozen=True)
 class Standardizer:
     """``x_std = (x - center) / x_scale`` (one scale, all axes); ``y_std = (y - y_mean) / y_sd``."""
@@ -42,28 +56,49 @@ class Standardizer:
 
     @classmethod
     def from_data(cls, X: np.ndarray, y: np.ndarray) -> Standardizer:
-        y_sd = float(np.std(y))
-        if not y_sd > 0:
-            raise ValueError("`y` is constant: there is no spatial variation to model")
-        center = X.mean(axis=0)
-        x_scale = float(np.sqrt(np.mean(np.var(X, axis=0))))
-        if not x_scale > 0:
-            raise ValueError("`X` has all points at one location")
-        extent = float(np.max(np.ptp(X, axis=0)))
-        return cls(tuple(map(float, center)), x_scale, float(np.mean(y)), y_sd, extent)
+        """Centre and scale of points ``X`` (N, 3) and values ``y`` (N,).
+
+        Each is divided by its largest magnitude before anything is squared, so data
+        scaled by 1e-200 or 1e200 standardise as well as data near 1. "Constant" and
+        "one location" are decided relative to that magnitude (a spread below
+        :data:`RELATIVE_SPREAD` of it is round-off), and points must span three
+        dimensions: along a direction they do not extend in, no length-scale is
+        identified.
+        """
+        y_mean, y_sd = _robust_mean_sd(y)
+        if not y_sd > RELATIVE_SPREAD * float(np.max(np.abs(y))):
+            raise ValueError("`y` is constant (its spread is below 1e-10 of its magnitude): "
+                             "there is no spatial variation to model")
+        mag = float(np.max(np.abs(X)))
+        Xu = X / mag if mag > 0 else X
+        center = Xu.mean(axis=0)
+        spread = np.sqrt(np.mean((Xu - center) ** 2, axis=0))
+        if not np.max(spread) > RELATIVE_SPREAD * max(float(np.max(np.abs(Xu))), 1e-300):
+            raise ValueError("`X` has all points at one location (their spread is below "
+                             "1e-10 of their magnitude)")
+        sv = np.linalg.svd((Xu - center) / np.max(spread), compute_uv=False)
+        rank = int(np.sum(sv > 1e-8 * sv[0]))
+        if rank < 3:
+            what = "a plane (2-D)" if rank == 2 else "a line (1-D)"
+            raise ValueError(f"`X` spans only {what}: the points do not extend in every "
+                             "direction, so the correlation length across it cannot be "
+                             "estimated; 3-D anisotropy needs points spread in 3-D")
+        x_scale = float(np.sqrt(np.mean(spread ** 2))) * mag
+        extent = float(np.max(np.ptp(Xu, axis=0))) * mag
+        return cls(tuple(float(c) * mag for c in center), x_scale, y_mean, y_sd, extent)
 
     @classmethod
     def from_grid(cls, gv) -> Standardizer:
         """The same statistics for the observed voxels of a
         :class:`~aniso_gp.gridded.GriddedVolume`, without forming their coordinates."""
         vals = gv.values[gv.mask]
-        y_sd = float(np.std(vals))
-        if not y_sd > 0:
+        y_mean, y_sd = _robust_mean_sd(vals)
+        if not y_sd > RELATIVE_SPREAD * float(np.max(np.abs(vals))):
             raise ValueError("the volume is constant over its observed voxels: there is no "
                              "spatial variation to model")
         mean, var, ptp = gv.coordinate_moments()
-        return cls(tuple(map(float, mean)), float(np.sqrt(np.mean(var))), float(np.mean(vals)),
-                   y_sd, float(np.max(ptp)))
+        return cls(tuple(map(float, mean)), float(np.sqrt(np.mean(var))), y_mean, y_sd,
+                   float(np.max(ptp)))
 
     def x(self, X):
         return (jnp.asarray(X) - jnp.asarray(self.center)) / self.x_scale
@@ -182,6 +217,8 @@ class Fit:
     def orientation(self, interval: float = 0.9, cone_level: float = 0.95) -> pd.DataFrame:
         """One row per principal axis: length-scale median and interval, mean axial direction,
         trend/plunge, credible-cone half-angle and a plain-words identifiability note."""
+        interval = check.open_unit(interval, "interval")
+        cone_level = check.open_unit(cone_level, "cone_level")
         return orientation.orientation_table(
             self._draws("lengthscales"), self.axes_draws(),
             interval=interval, cone_level=cone_level, extent=self._extent(),
@@ -195,6 +232,7 @@ class Fit:
     def standardised_draws(self, num_draws: int) -> dict:
         """``num_draws`` evenly thinned draws of ``A_std``, ``signal``, ``noise``, ``mean``
         in the standardised units the model was fitted in (for predictors)."""
+        num_draws = check.positive_int(num_draws, "num_draws")
         S = self._draws("signal").shape[0]
         idx = np.unique(np.linspace(0, S - 1, min(num_draws, S)).round().astype(int))
         pick = {k: jnp.asarray(self._draws(k)[idx]) for k in ("A_std", "signal", "noise", "mean")}
@@ -253,6 +291,8 @@ class Fit:
         ``include_noise`` adds the observation noise (predicting new measurements
         rather than the latent field).
         """
+        return_std = check.flag(return_std, "return_std")
+        include_noise = check.flag(include_noise, "include_noise")
         mu, var, nv = self.predict_draws(X_new, num_draws)
         if include_noise:
             var = var + nv[:, None]
@@ -319,7 +359,6 @@ class Fit:
             raise ValueError(f"{js}: unsupported format_version {found!r}")
         try:
             idata = diagnostics.from_netcdf(nc)
-            idata.load() if hasattr(idata, "load") else None
         except Exception as err:  # netCDF4/h5py/xarray each raise their own on a bad file
             raise ValueError(f"{nc} cannot be read as a saved posterior "
                              f"({type(err).__name__}: {err})") from err

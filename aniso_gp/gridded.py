@@ -118,7 +118,8 @@ def is_volume(X) -> bool:
     return hasattr(X, "ndim") and getattr(X, "ndim", 0) == 3
 
 
-def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> GriddedVolume:
+def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None,
+               name: str = "volume") -> GriddedVolume:
     """Check a volume and its mask once; every error names the argument.
 
     Args:
@@ -131,6 +132,7 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
         taper: ``None``, ``"hann"`` or ``"tukey"`` (see
             :func:`~aniso_gp.linalg.grid.taper_weights`).
         origin: centre of voxel (0, 0, 0) (arrays only; default 0).
+        name: what the caller calls ``volume``, for the messages (``fit`` says ``X``).
     """
     from aniso_gp.datasets import Volume
 
@@ -138,12 +140,12 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
         given = [k for k, v in (("spacing", spacing), ("mask", mask), ("taper", taper),
                                 ("origin", origin)) if v is not None]
         if given:
-            raise ValueError(f"`volume` is a GriddedVolume with its own spacing, origin, mask "
+            raise ValueError(f"`{name}` is a GriddedVolume with its own spacing, origin, mask "
                              f"and taper; do not pass `{'`, `'.join(given)}` as well")
         return volume
     if isinstance(volume, Volume):
         if spacing is not None or origin is not None:
-            raise ValueError("`volume` is a Volume with its own spacing and origin; do not "
+            raise ValueError(f"`{name}` is a Volume with its own spacing and origin; do not "
                              "pass `spacing`/`origin` as well")
         values, spacing, origin = volume.density, volume.spacing, volume.origin
     else:
@@ -153,15 +155,17 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
     try:
         arr = np.asarray(values)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"`volume` must be a 3-D numeric array; got {type(values).__name__}") \
+        raise ValueError(f"`{name}` must be a 3-D numeric array; got {type(values).__name__}") \
             from err
     if arr.ndim != 3:
-        raise ValueError(f"`volume` must be a 3-D array (n0, n1, n2); got a {arr.ndim}-D array "
+        raise ValueError(f"`{name}` must be a 3-D array (n0, n1, n2); got a {arr.ndim}-D array "
                          f"of shape {arr.shape}")
+    if arr.dtype == bool:  # a segmented (binary) volume is data too
+        arr = arr.astype(np.float64)
     if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise ValueError(f"`volume` must hold real numbers; got dtype {arr.dtype}")
+        raise ValueError(f"`{name}` must hold real numbers; got dtype {arr.dtype}")
     if min(arr.shape) < MIN_VOXELS_PER_AXIS:
-        raise ValueError(f"`volume` needs at least {MIN_VOXELS_PER_AXIS} voxels along every "
+        raise ValueError(f"`{name}` needs at least {MIN_VOXELS_PER_AXIS} voxels along every "
                          f"axis; got shape {arr.shape}")
     spacing = check.triple(spacing, "spacing", positive=True)
     origin = check.triple(origin, "origin", positive=False)
@@ -169,11 +173,11 @@ def as_gridded(volume, spacing=None, mask=None, taper=None, origin=None) -> Grid
         check.one_of(taper, TAPERS, "taper")
     vals = arr.astype(np.float64, copy=True)
     if np.any(np.isinf(vals)):
-        raise ValueError(f"`volume` has {int(np.isinf(vals).sum())} infinite values; mark them "
+        raise ValueError(f"`{name}` has {int(np.isinf(vals).sum())} infinite values; mark them "
                          "NaN or exclude them with `mask`")
     observed = ~np.isnan(vals)
     if not observed.any():
-        raise ValueError("`volume` is NaN everywhere: no voxel is observed")
+        raise ValueError(f"`{name}` is NaN everywhere: no voxel is observed")
     if mask is not None:
         observed &= check.mask(mask, arr.shape)
         if not observed.any():

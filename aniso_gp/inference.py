@@ -43,6 +43,7 @@ from aniso_gp.likelihoods import (
     loo_pointwise,
     lowrank_loo_pointwise,
 )
+from aniso_gp.linalg.nystrom import LANDMARK_METHODS
 from aniso_gp.models import (
     KERNELS,
     LIKELIHOODS,
@@ -60,6 +61,9 @@ from aniso_gp.models import (
 __all__ = ["Fit", "Standardizer", "compare", "fit", "predict"]
 
 MIN_POINTS = 10
+# Bounds that catch typos (2**70 draws) long before memory runs out.
+MAX_CHAINS = 1024
+MAX_DRAWS = 10**7
 EXACT_WARN_N = 3000
 _PILOT_MAX_POINTS = 500  # above this the pilot MAP sees a random subset
 _NEWTON_STEPS = 10  # ... and Newton steps on all the data finish the job
@@ -141,18 +145,19 @@ def fit(
     parameterization = _chart(kernel, parameterization)
     if likelihood is not None:
         check.one_of(likelihood, LIKELIHOODS, "likelihood")
-    num_chains = check.positive_int(num_chains, "num_chains")
-    num_warmup = check.positive_int(num_warmup, "num_warmup")
-    num_samples = check.positive_int(num_samples, "num_samples")
-    if not 0.0 < target_accept_prob < 1.0:
-        raise ValueError(f"`target_accept_prob` must be in (0, 1); got {target_accept_prob!r}")
+    num_chains = check.positive_int(num_chains, "num_chains", maximum=MAX_CHAINS)
+    num_warmup = check.positive_int(num_warmup, "num_warmup", maximum=MAX_DRAWS)
+    num_samples = check.positive_int(num_samples, "num_samples", maximum=MAX_DRAWS)
     nuts = {"num_chains": num_chains, "num_warmup": num_warmup, "num_samples": num_samples,
-            "seed": seed, "progress": progress, "target_accept_prob": target_accept_prob}
+            "seed": check.seed(seed), "progress": check.flag(progress, "progress"),
+            "target_accept_prob": check.open_unit(target_accept_prob, "target_accept_prob")}
+    calibrate = check.flag(calibrate, "calibrate")
+    check.one_of(landmarks, LANDMARK_METHODS, "landmarks")
     if gridded.is_volume(X):
         if y is not None:
             raise ValueError("`y` must be omitted when `X` is a volume: its voxels are the "
                              "values")
-        gv = gridded.as_gridded(X, spacing=spacing, mask=mask, taper=taper)
+        gv = gridded.as_gridded(X, spacing=spacing, mask=mask, taper=taper, name="X")
         if likelihood in (None, "whittle"):
             num_bootstrap = check.integer(num_bootstrap, "num_bootstrap", minimum=20)
             return _fit_volume(gv, kernel, base, parameterization, priors, nuts,
@@ -653,17 +658,13 @@ def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) ->
     Args:
         fits: dict name -> :class:`Fit` (or a list, named by kernel).
     """
-    if not isinstance(fits, dict):
-        fits = {f"{f.kernel}" + (f"-{f.settings['parameterization']}" if f.kernel == "rotated"
-                                 else ""): f for f in fits}
-    if not fits:
-        raise ValueError("`fits` is empty")
+    fits = _named_fits(fits)
     if (X_test is None) != (y_test is None):
         raise ValueError("give both `X_test` and `y_test`, or neither")
-    if len({f.is_volume for f in fits.values()}) > 1:
-        raise ValueError("`fits` mixes whole-volume (whittle) and point fits: their LOO is "
-                         "over different data (groups of frequencies against points) and "
-                         "cannot be ranked")
+    num_draws = check.positive_int(num_draws, "num_draws")
+    if X_test is not None:
+        X_test = check.coordinates(X_test, "X_test")
+        y_test = check.values(y_test, n=X_test.shape[0], name="y_test")
     cmp = diagnostics.compare({k: f.idata for k, f in fits.items()})
     rows = {}
     for name, f in fits.items():
@@ -682,6 +683,46 @@ def compare(fits, X_test=None, y_test=None, truth=None, num_draws: int = 200) ->
                     "divergences": rep["divergences"]})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").sort_values("loo_rank")
+
+
+def _named_fits(fits) -> dict:
+    """``{name: Fit}`` of fits to the same data; a list is named by kernel (and chart)."""
+    if isinstance(fits, Fit):
+        raise ValueError("`fits` must be several fits (a dict {name: Fit} or a list); got one "
+                         "Fit")
+    if not isinstance(fits, dict):
+        try:
+            fits = list(fits)
+        except TypeError as err:
+            raise ValueError(f"`fits` must be a dict {{name: Fit}} or a list of Fit; got "
+                             f"{type(fits).__name__}") from err
+        bad = [type(f).__name__ for f in fits if not isinstance(f, Fit)]
+        if bad:
+            raise ValueError(f"`fits` must hold Fit objects; got {', '.join(bad)}")
+        names = [f.kernel + (f"-{f.settings['parameterization']}" if f.kernel == "rotated"
+                             else "") for f in fits]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"`fits` has two fits both named {twice[0]!r} (same kernel); pass "
+                             "a dict {name: Fit} to name them")
+        fits = dict(zip(names, fits, strict=True))
+    if not fits:
+        raise ValueError("`fits` is empty")
+    bad = {k: type(f).__name__ for k, f in fits.items() if not isinstance(f, Fit)}
+    if bad:
+        raise ValueError(f"`fits` must map names to Fit objects; got {bad}")
+    if len({f.is_volume for f in fits.values()}) > 1:
+        raise ValueError("`fits` mixes whole-volume (whittle) and point fits: their LOO is "
+                         "over different data (groups of frequencies against points) and "
+                         "cannot be ranked")
+    first, *rest = fits.items()
+    for name, f in rest:
+        a, b = (np.hstack(dataclasses.astuple(g.std)) for g in (first[1], f))
+        if not np.allclose(a, b, rtol=1e-9, atol=0.0):
+            raise ValueError(f"`fits` {first[0]!r} and {name!r} were fitted to different data "
+                             "(their centring and scaling differ); only fits to the same data "
+                             "can be compared")
+    return fits
 
 
 def predict(fit: Fit, X_new=None, **kwargs):

@@ -34,11 +34,11 @@ SUBSAMPLE_METHODS = ("random", "stratified")
 # --------------------------------------------------------------------------- #
 # Volumes
 # --------------------------------------------------------------------------- #
-def _existing_file(path) -> Path:
+def _existing_file(path, name: str = "path") -> Path:
     if isinstance(path, (str, os.PathLike)):
         p = Path(path)
     else:
-        raise ValueError(f"`path` must be a file path; got {type(path).__name__}")
+        raise ValueError(f"`{name}` must be a file path; got {type(path).__name__}")
     if not p.exists():
         raise FileNotFoundError(f"no such file: {str(p)!r}")
     if not p.is_file():
@@ -145,7 +145,10 @@ def volume_to_points(volume, spacing=1.0, origin=(0.0, 0.0, 0.0), mask=None):
             )
         vol = volume
     else:
-        vol = Volume(density=volume, spacing=spacing, origin=origin)
+        try:
+            vol = Volume(density=volume, spacing=spacing, origin=origin)
+        except ValueError as err:  # Volume names its field `density`; here it is `volume`
+            raise ValueError(str(err).replace("`density`", "`volume`")) from None
     field = vol.to_points(mask)
     return field.X, field.y
 
@@ -165,14 +168,20 @@ def read_table(path_or_dataframe, x="x", y="y", z="z", value="value", dropna: bo
     if isinstance(path_or_dataframe, pd.DataFrame):
         df, where = path_or_dataframe, "the DataFrame"
     else:
-        p = _existing_file(path_or_dataframe)
+        p = _existing_file(path_or_dataframe, "path_or_dataframe")
         where = repr(str(p))
         sep = "\t" if p.suffix.lower() in (".tsv", ".tab") else ","
         try:
             df = pd.read_csv(p, sep=sep)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise ValueError(f"cannot read {where} as a CSV table: {err}") from err
+    dropna = check.flag(dropna, "dropna")
     names = {"x": x, "y": y, "z": z, "value": value}
+    for k, v in names.items():
+        same = [j for j, w in names.items() if j != k and w == v]
+        if same:
+            raise ValueError(f"`{k}`={v!r} is also given as `{same[0]}`: the four columns "
+                             "must differ")
     missing = [f"{k}={v!r}" for k, v in names.items() if v not in df.columns]
     if missing:
         raise ValueError(
@@ -181,7 +190,8 @@ def read_table(path_or_dataframe, x="x", y="y", z="z", value="value", dropna: bo
         )
     cols = [x, y, z, value]
     sub = df[cols]
-    non_numeric = [str(c) for c in cols if not pd.api.types.is_numeric_dtype(sub[c])]
+    non_numeric = [str(c) for c in cols if not pd.api.types.is_numeric_dtype(sub[c])
+                   or pd.api.types.is_complex_dtype(sub[c])]
     if non_numeric:
         raise ValueError(f"{where}: column(s) {non_numeric} are not numeric")
     arr = sub.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -256,6 +266,7 @@ def subsample(X, y, n: int, method: str = "random", seed: int = 0, return_index:
     X, y = _points(X, y)
     check.one_of(method, SUBSAMPLE_METHODS, "method")
     n, N = check.positive_int(n, "n"), X.shape[0]
+    seed = check.seed(seed)
     if n >= N:
         idx = np.arange(N)
     else:

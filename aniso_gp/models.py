@@ -58,6 +58,7 @@ from jax.scipy.linalg import expm
 from numpyro.distributions import constraints
 from numpyro.infer.util import unconstrain_fn
 
+from aniso_gp import _validation as check
 from aniso_gp import kernels, so3
 from aniso_gp.likelihoods import (
     dtc_diagonal,
@@ -126,11 +127,18 @@ class Priors:
         if unknown:
             raise ValueError(
                 f"`priors` has unknown keys {sorted(unknown)}; known: {sorted(fields)}")
-        for k, v in priors.items():
-            if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                if not (k == "mean_loc" and isinstance(v, int | float) and math.isfinite(v)):
-                    raise ValueError(f"`priors['{k}']` must be a finite positive number; got {v!r}")
         return cls(**priors)
+
+    def __post_init__(self):
+        # Every field is checked here, so Priors(...) and fit(priors={...}) refuse alike.
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.default is None:
+                continue
+            name = f"priors['{f.name}']"
+            value = (check.finite_scalar(v, name) if f.name == "mean_loc"
+                     else check.positive_scalar(v, name))
+            object.__setattr__(self, f.name, value)
 
 
 class GaussianProcessMVN(dist.MultivariateNormal):

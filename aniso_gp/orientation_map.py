@@ -342,7 +342,10 @@ def orientation_map(volume, tile=32, stride=None, *, spacing=None, mask=None,
     method = tile_fit.as_method(method)
     min_observed = check.fraction(min_observed, "min_observed")
     st_sigma = check.positive_scalar(st_sigma, "st_sigma")
-    seed = int(check.positive_scalar(seed, "seed", allow_zero=True))
+    seed = check.seed(seed)
+    if any(n < t for n, t in zip(vol.shape, tile, strict=True)):
+        raise ValueError(f"`tile` {tile} is larger than the volume {vol.shape}: choose a "
+                         "smaller tile, or fit a volume this small whole (aniso_gp.fit)")
     user_priors = Priors.from_user(priors)
     geometry = tile_fit.TileGeometry(shape=tile, spacing=vol.spacing,
                                      base=check.base_name(base), taper=taper,

@@ -135,7 +135,17 @@ def write_report(
     """
     fits = _check_fits(fits)
     main = _main_name(fits, main)
+    if not isinstance(data_summary, Mapping):
+        raise ValueError(f"`data_summary` must be a dict {{label: value}}; got "
+                         f"{type(data_summary).__name__}")
+    for name, v in (("title", title), ("units", units)):
+        if not isinstance(v, str):
+            raise ValueError(f"`{name}` must be a string; got {type(v).__name__}")
+    if truth is not None and not isinstance(truth, Truth):
+        raise ValueError(f"`truth` must be a datasets.Truth or None; got {type(truth).__name__}")
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"`run_dir` {str(run_dir)!r} exists and is not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
     data_summary = dict(data_summary)
     coarsened = False

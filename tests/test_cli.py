@@ -290,7 +290,7 @@ def test_bad_column_names_the_available_ones(tmp_path, capsys):
                         "--value", "bitumen", "--out", tmp_path / "o")
     assert code == 1
     line = _error_line(err)
-    assert "value='bitumen'" in line and "'grade'" in line
+    assert "--value 'bitumen'" in line and "'grade'" in line
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -305,7 +305,7 @@ def test_bad_column_names_the_available_ones(tmp_path, capsys):
     (["fit", "{data}", "--crop", "0:5,a:b,:"], "--crop ranges look like"),
     (["fit", "{data}", "--crop", "5:5,:,:"], "selects no voxel"),
     (["fit", "{data}", "--crop", "0:3,:,:"], "at least 4 voxels"),
-    (["fit", "{data}", "--mask", "{data}", "--crop", ":,:,:"], "`mask` has no True voxel"),
+    (["fit", "{data}", "--mask", "{data}", "--crop", ":,:,:"], "--mask has no True voxel"),
     (["fit", "{data}", "--chains", "0"], "`--chains` must be a positive"),
     (["fit", "{data}", "--spacing", "1", "2"], "--spacing takes 1 or 3"),
     (["report", "{tmp}"], "not a run directory"),

@@ -2,7 +2,7 @@
 prediction (against dense linear algebra)."""
 
 import math
-import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +12,8 @@ import pytest
 from aniso_gp import calibration, datasets, gridded, inference, kernels, models, orientation, so3
 from aniso_gp.grid_prediction import _solver, predict_draw
 from aniso_gp.linalg import grid
+
+SAVED_POINT_FIT = Path(__file__).parent / "data" / "saved_fits" / "arviz1"
 
 TRUTH_L = (4.0, 2.5, 1.2)
 
@@ -61,7 +63,7 @@ def test_volume_fit_saves_loads_and_predicts_on_the_grid(volume_fit, tmp_path):
     assert np.sqrt(np.mean((mean - g.gridded().values) ** 2)) < 0.2
     with pytest.raises(ValueError, match="predict_grid"):
         g.predict(np.zeros((2, 3)))
-    point_fit = types.SimpleNamespace(is_volume=False)  # refused before anything is read
+    point_fit = inference.Fit.load(SAVED_POINT_FIT)  # refused before anything is computed
     with pytest.raises(ValueError, match="mixes whole-volume"):
         inference.compare({"volume": g, "points": point_fit})
 

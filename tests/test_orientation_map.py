@@ -285,4 +285,4 @@ def test_cli_maps_a_file_on_a_local_cluster_and_resumes(mapped, tmp_path):
     assert again.returncode == 0 and "(0 in this run)" in again.stdout, again.stderr[-2000:]
     bad = subprocess.run([*cmd[:-1], "--tile", "4"], capture_output=True, text=True, env=env,
                          timeout=120)
-    assert bad.returncode == 1 and "`tile` must be at least 8" in bad.stderr
+    assert bad.returncode == 1 and "--tile must be at least 8" in bad.stderr

@@ -16,6 +16,7 @@ from aniso_gp.hypergrad.solvers import (
     _info,
     _require,
     as_solver,
+    plain_errors,
     solve_ihvp,
 )
 
@@ -58,6 +59,7 @@ def _ift_adjoint(inner_loss, w_star, h, args, w_bar, solver, key=None, state=Non
     return h_bar, args_bar, solution
 
 
+@plain_errors
 def implicit_grad(inner_loss, outer_loss, w_star, h, solver="auto", *, key=None,
                   state=None) -> Hypergradient:
     r"""Hypergradient ``dg/dh`` at an inner minimiser, by the implicit function theorem.
@@ -77,11 +79,30 @@ def implicit_grad(inner_loss, outer_loss, w_star, h, solver="auto", *, key=None,
         A :class:`Hypergradient` ``(grad, info, state)``: ``dg/dh`` shaped like
         ``h``, the :class:`IHVPInfo` and the state to pass on.
     """
+    _check_losses(w_star, h, inner_loss=inner_loss, outer_loss=outer_loss)
     g_w, g_h = jax.grad(outer_loss, argnums=(0, 1))(w_star, h)
     h_bar, _, solution = _ift_adjoint(inner_loss, w_star, h, (), g_w, solver, key=key,
                                       state=state)
     dg = jax.tree_util.tree_map(lambda a, c: a + c, g_h, h_bar)
     return Hypergradient(dg, solution.info, solution.state)
+
+
+def _check_losses(w_star, h, **losses) -> None:
+    """Each loss is a function of ``(w_star, h)`` returning a real scalar (checked by
+    tracing it once, without computing anything)."""
+    for name, f in losses.items():
+        if not callable(f):
+            raise ValueError(f"`{name}` must be a function (w, h) -> scalar; got "
+                             f"{type(f).__name__}")
+        try:
+            out = jax.eval_shape(f, w_star, h)
+        except Exception as err:  # whatever the user's function raises on these inputs
+            raise ValueError(f"`{name}`(`w_star`, `h`) cannot be evaluated: "
+                             f"{type(err).__name__}: {' '.join(str(err).split())[:300]} "
+                             "(w_star and h must be arrays or pytrees of arrays)") from None
+        if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(f"`{name}` must return a real scalar; it returns "
+                             f"{getattr(out, 'shape', out)}")
 
 
 #: Order of the entries in an info sink (see :class:`ImplicitSolution`).

@@ -6,6 +6,7 @@ implicitly.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -20,6 +21,7 @@ from aniso_gp.hypergrad.solvers import (
     _all_finite,
     _require,
     as_solver,
+    plain_errors,
 )
 from aniso_gp.linalg import nystrom
 from aniso_gp.linalg.operators import matmul
@@ -144,11 +146,23 @@ def _newton_whitened(likelihood, h, y, max_iter: int, tol: float):
     g0 = jnp.max(jnp.abs(jax.grad(psi)(z0)))
     init = (jnp.asarray(0, jnp.int32), z0, psi(z0), g0, jnp.asarray(True))
     it, z, _, gnorm, _ = jax.lax.while_loop(cond, body, init)
+    jax.debug.callback(_warn_unconverged, gnorm, it, tol, max_iter)
     return z, it, gnorm
 
 
-def _laplace_check(theta, X, y, likelihood, base, max_iter):
+def _warn_unconverged(gnorm, iterations, tol: float, max_iter: int) -> None:
+    gnorm, iterations = float(np.max(gnorm)), int(np.max(iterations))
+    if not gnorm <= tol:
+        warnings.warn(
+            f"Laplace mode not converged: Newton stopped after {iterations} of max_iter="
+            f"{max_iter} iterations with max |grad Psi| = {gnorm:.3g} > tol = {tol:g}; the "
+            "mode, and the log-marginal and gradients built on it, are approximate (raise "
+            "max_iter)", RuntimeWarning, stacklevel=2)
+
+
+def _laplace_check(theta, X, y, likelihood, base, max_iter, tol):
     """Eager input checks; returns coerced ``X`` (N, 3) and ``y`` (N,)."""
+    check.tolerance(tol)
     check.one_of(likelihood, LAPLACE_LIKELIHOODS, "likelihood")
     X = check.coordinates(X, "X", min_points=2)
     y = check.values(y, X.shape[0], "y")
@@ -156,6 +170,11 @@ def _laplace_check(theta, X, y, likelihood, base, max_iter):
     check.positive_int(max_iter, "max_iter")
     if not isinstance(theta, dict) or "kernel" not in theta:
         raise ValueError('`theta` must be a dict {"kernel": {...}, "mean": m, "likelihood": {...}}')
+    try:
+        jax.eval_shape(lambda k: kernels.gram(X[:2], X[:2], k, base), theta["kernel"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"`theta['kernel']` is not a kernel parameter dict (see "
+                         f"kernels.gram): {type(err).__name__}: {err}") from None
     lik = theta.get("likelihood", {})
     if likelihood == "student_t":
         for name in ("df", "scale"):
@@ -192,6 +211,7 @@ def _laplace_mode_jit(theta, X, y, likelihood, base, max_iter, tol):
     return LaplaceMode(f, z, W, it, gnorm, gnorm <= tol)
 
 
+@plain_errors
 def laplace_mode(
     theta: dict,
     X,
@@ -217,7 +237,7 @@ def laplace_mode(
         base: kernel base.
         max_iter, tol: Newton cap and max-norm gradient tolerance.
     """
-    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
+    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter, tol)
     return _laplace_mode_jit(
         theta, X, y, likelihood=likelihood, base=base, max_iter=max_iter, tol=float(tol)
     )
@@ -254,6 +274,7 @@ def _laplace_value_and_grad_jit(theta, X, y, likelihood, base, solver, max_iter,
     return jax.value_and_grad(objective, argnums=(0, 1))(theta, ImplicitSolution.sink())
 
 
+@plain_errors
 def laplace_log_marginal(theta: dict, X, y, likelihood: str = "poisson", base: str = "rbf",
                          solver="auto", *, max_iter: int = 100, tol: float = 1e-10) -> jnp.ndarray:
     r"""Laplace approximation of ``log p(y | theta)``, differentiable in ``theta``.
@@ -268,7 +289,7 @@ def laplace_log_marginal(theta: dict, X, y, likelihood: str = "poisson", base: s
     ordinary autodiff. ``theta`` as in :func:`laplace_mode`. Compiled once per
     (likelihood, base, solver, max_iter, tol) and input shapes.
     """
-    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
+    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter, tol)
     solver = as_solver(solver)
     return _laplace_objective_jit(
         theta, X, y, likelihood=likelihood, base=base, solver=solver, max_iter=max_iter,
@@ -276,11 +297,12 @@ def laplace_log_marginal(theta: dict, X, y, likelihood: str = "poisson", base: s
     )
 
 
+@plain_errors
 def laplace_value_and_grad(theta: dict, X, y, likelihood: str = "poisson", base: str = "rbf",
                            solver="auto", *, max_iter: int = 100, tol: float = 1e-10):
     """``(log q, d log q / d theta, info)``: :func:`laplace_log_marginal`, its gradient
     (a dict like ``theta``) and the :class:`IHVPInfo` of the implicit solve."""
-    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter)
+    X, y = _laplace_check(theta, X, y, likelihood, base, max_iter, tol)
     solver = as_solver(solver)
     value, (g, sink_grad) = _laplace_value_and_grad_jit(
         theta, X, y, likelihood=likelihood, base=base, solver=solver, max_iter=max_iter,

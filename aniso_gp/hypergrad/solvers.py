@@ -5,6 +5,8 @@ r"""iHVP solver values (``u ~ H^{-1} b``), spectral reuse, Nystrom factors and
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
@@ -133,6 +135,10 @@ class _Solver:
 
     #: Unbiased (converges to ``H^{-1} b``): can also solve the inner problem.
     shares_inner: ClassVar[bool] = True
+    #: Its answer has relative residual < 1 whenever it works (a convergent iteration);
+    #: False for a regularised surrogate such as ``(H_k + rho I)^{-1}``, whose residual
+    #: can exceed 1 by design (:func:`check_solution` then warns instead of raising).
+    residual_below_one: ClassVar[bool] = True
 
     def __post_init__(self):
         # Every field is checked by its name (the values are frozen dataclasses).
@@ -273,6 +279,7 @@ class Nystrom(_Solver):
     seed: int = 0
     name: ClassVar[str] = "nystrom"
     shares_inner: ClassVar[bool] = False
+    residual_below_one: ClassVar[bool] = False
 
     def init(self, operator, *, key=None, carry=None):
         # With a known shift (H = A + mu I) only A is sketched and the identity
@@ -564,18 +571,53 @@ def _check_rank(rank: int, n: int) -> None:
 # --------------------------------------------------------------------------- #
 # Error reporting that works both eagerly and under jit
 # --------------------------------------------------------------------------- #
+class SolveError(ValueError, ArithmeticError):
+    """A numerical failure of a solve or a factorisation: an iteration that diverged or
+    made no progress, a Hessian or kernel matrix that is not positive definite,
+    non-finite values. The message names the quantity that failed."""
+
+
 def _all_finite(x) -> jnp.ndarray:
     leaves = jax.tree_util.tree_leaves(x)
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
 
+#: Messages of the runtime checks compiled into jitted code (see :func:`plain_errors`).
+_RUNTIME_MESSAGES: set[str] = set()
+
+
 def _require(x, ok, message: str):
-    """Raise ``ValueError(message)`` eagerly, or a runtime error under ``jit``, unless ``ok``."""
+    """Raise ``SolveError(message)`` eagerly, or a runtime error under ``jit``, unless ``ok``."""
     if not check.is_traced(ok):
         if not bool(ok):
-            raise ValueError(message)
+            raise SolveError(message)
         return x
+    _RUNTIME_MESSAGES.add(message)
     return eqx.error_if(x, ~ok, message)
+
+
+def plain_errors(fn):
+    """Decorate a public entry point that runs jitted code: a runtime check that fails
+    inside it (a 1-2 kB ``JaxRuntimeError`` carrying Equinox's advice) is raised again
+    as :class:`SolveError` with only its own message."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        # JAX logs the failing callback's traceback before raising; the error says it all.
+        log = logging.getLogger("jax._src.callback")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            return fn(*args, **kwargs)
+        except jax.errors.JaxRuntimeError as err:
+            text = str(err)
+            found = [m for m in _RUNTIME_MESSAGES if m in text]
+            if not found:
+                raise
+            raise SolveError(max(found, key=len)) from None
+        finally:
+            log.setLevel(level)
+
+    return wrapped
 
 
 def _nonfinite_hvp_message(where: str) -> str:
@@ -778,6 +820,7 @@ def _reuse_update(cfg: SpectralReuse, state: ReuseState, matvec, shift, key):
 # --------------------------------------------------------------------------- #
 # The iHVP
 # --------------------------------------------------------------------------- #
+@plain_errors
 def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, state=None,
                factor=None) -> IHVPSolution:
     r"""Inverse Hessian-vector product ``u ~ H^{-1} b`` with the chosen solver.
@@ -806,10 +849,25 @@ def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, 
             not positive definite (a runtime error naming it under ``jit``).
     """
     solver = as_solver(solver)
+    if not callable(matvec):
+        raise ValueError(f"`matvec` must be a function v -> H v; got {type(matvec).__name__}")
     b = jnp.asarray(b, dtype=jnp.float64)
     if b.ndim != 1:
         raise ValueError(f"`b` must be a 1-D array (n,); got shape {b.shape}")
+    if check.violated(lambda: ~jnp.all(jnp.isfinite(b))):
+        raise ValueError("`b` contains NaN or infinite values")
+    if check.violated(lambda: ~(jnp.asarray(shift) >= 0.0)):
+        raise ValueError(f"`shift` must be >= 0 (H = A + shift I with A positive "
+                         f"semi-definite); got {shift!r}")
     n = b.shape[0]
+    try:
+        Hb = jax.eval_shape(matvec, jax.ShapeDtypeStruct(b.shape, b.dtype))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`matvec` cannot be applied to a vector of the size of `b` "
+                         f"({b.shape}): {err}") from None
+    if getattr(Hb, "shape", None) != b.shape:
+        raise ValueError(f"`matvec` must map (n,) = {b.shape} to (n,); it returns "
+                         f"{getattr(Hb, 'shape', type(Hb).__name__)} (is `b` the right size?)")
     if factor is not None:
         if getattr(solver, "sketch", None) != "kernel":
             raise ValueError("`factor` is what a sketch='kernel' solver reads; got it with"
@@ -833,8 +891,64 @@ def solve_ihvp(solver, matvec, b, *, shift=0.0, matrix=None, x0=None, key=None, 
     x, info = solver.compute(prepared, b, x0=x0)
     ok = _all_finite(x) & jnp.isfinite(info.residual_norm)
     x = _require(x, ok, _nonfinite_solution_message(type(solver).__name__))
+    check_solution(solver, b, x, info)
     info = info._replace(matvecs=info.matvecs + prepared.setup_matvecs)
     return IHVPSolution(x, info, prepared.carry)
+
+
+#: A solve that ends above ``RESIDUAL_FACTOR`` times its solver's ``tol`` is reported.
+RESIDUAL_FACTOR = 1e3
+
+
+def check_solution(solver, b, x, info) -> None:
+    """Judge one solve ``x ~ H^{-1} b`` by what it can tell about itself.
+
+    * relative residual ``|b - H x| / |b| >= 1`` (no better than ``x = 0``: a
+      diverged Neumann series, a singular ``H``) or ``b . x < 0`` (``H`` is not
+      positive definite along ``b``: the inner point is not a minimum) raise
+      :class:`SolveError` (warn for a regularised surrogate, ``Nystrom``, whose
+      residual may exceed 1 by design);
+    * a residual above ``RESIDUAL_FACTOR * tol`` of a solver that iterates to a
+      tolerance warns (``RuntimeWarning``): the answer is approximate.
+
+    Eagerly the error is raised here; under ``jit`` (values unknown) both become
+    warnings through ``jax.debug.callback``, since an error raised inside a callback
+    reaches the user as an unreadable runtime error.
+    """
+    tol = getattr(solver, "tol", None)
+    name = repr(solver)
+    residual = jnp.max(jnp.asarray(info.residual_norm))
+    curvature = jnp.vdot(jnp.ravel(b), jnp.ravel(x))
+    if check.is_traced(residual, curvature):
+        jax.debug.callback(_report_solution, residual, curvature, tol, name, False)
+        return
+    _report_solution(residual, curvature, tol, name, solver.residual_below_one)
+
+
+def _report_solution(residual, curvature, tol, name: str, strict: bool) -> None:
+    """Raise (``strict``) or warn about one solve's residual and curvature ``b . x``
+    (``curvature`` None: not known)."""
+    residual = float(np.max(residual))  # vmap batches
+    curvature = 0.0 if curvature is None else float(np.min(curvature))
+    problem = None
+    if not residual < 1.0:
+        problem = (f"{name} ended with relative residual |b - H u| / |b| = {residual:.3g}, no "
+                   "better than u = 0: the iteration diverged (for Neumann/Richardson, lower "
+                   "`lr` below 2 / the largest eigenvalue of H) or H is singular")
+    elif curvature < 0.0:
+        problem = (f"{name}: b . H^-1 b = {curvature:.3g} < 0, so H is not positive definite "
+                   "at this point (the inner solution is not a minimum, or the inner problem "
+                   "is concave); the implicit gradient does not apply there")
+    if problem is not None:
+        if strict:
+            raise SolveError(problem)
+        warnings.warn(problem, RuntimeWarning, stacklevel=2)
+        return
+    if tol is not None and residual > RESIDUAL_FACTOR * tol:
+        warnings.warn(f"{name} ended with relative residual {residual:.3g}, more than "
+                      f"{RESIDUAL_FACTOR:g} x its tol {tol:g}: the result is approximate "
+                      "(raise maxiter or the rank, or add noise variance)",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _factor_or_sketch(solver, operator: Operator, key):

@@ -22,9 +22,11 @@ from aniso_gp.hypergrad.solvers import (
     Operator,
     _all_finite,
     _info,
+    _report_solution,
     _require,
     as_solver,
     kernel_nystrom,
+    plain_errors,
 )
 from aniso_gp.kernels import kernel_apply
 from aniso_gp.linalg.operators import matmul
@@ -84,18 +86,27 @@ def _initial_theta(Xt, kernel, init, y_sd):
         if kernel == "rotated":
             theta["axis_angle"] = np.zeros(3)
         return _strong(theta)
+    keys = {"lengthscales", "variance", "noise_variance"} | (
+        {"axis_angle"} if kernel == "rotated" else set())
     if not isinstance(init, dict):
-        raise ValueError(
-            "`init` must be a dict of lengthscales, axis_angle, variance, noise_variance"
-        )
+        raise ValueError(f"`init` must be a dict with keys {sorted(keys)}; got "
+                         f"{type(init).__name__}")
+    missing = {"lengthscales", "variance", "noise_variance"} - set(init)
+    if missing or set(init) - keys:
+        raise ValueError(f"`init` for the {kernel} kernel takes the keys {sorted(keys)} "
+                         f"(axis_angle optional); missing {sorted(missing)}, unexpected "
+                         f"{sorted(set(init) - keys)}")
     theta = {
-        "log_lengthscales": jnp.log(check.lengthscales(init["lengthscales"])),
-        "log_signal": 0.5 * jnp.log(check.positive_scalar(init["variance"], "variance") / y_sd**2),
-        "log_noise": 0.5
-        * jnp.log(check.positive_scalar(init["noise_variance"], "noise_variance") / y_sd**2),
+        "log_lengthscales": jnp.log(check.lengthscales(init["lengthscales"],
+                                                       "init['lengthscales']")),
+        "log_signal": 0.5 * jnp.log(check.positive_scalar(init["variance"], "init['variance']")
+                                    / y_sd**2),
+        "log_noise": 0.5 * jnp.log(check.positive_scalar(init["noise_variance"],
+                                                         "init['noise_variance']") / y_sd**2),
     }
     if kernel == "rotated":
-        theta["axis_angle"] = check.vector3(init.get("axis_angle", np.zeros(3)), "axis_angle")
+        theta["axis_angle"] = check.vector3(init.get("axis_angle", np.zeros(3)),
+                                            "init['axis_angle']")
     return _strong(theta)
 
 
@@ -216,6 +227,7 @@ def _inner_and_ihvp(solver):
     return (solver if solver.shares_inner else Auto()), solver
 
 
+@plain_errors
 def validation_hypergradient(theta: dict, X_train, y_train, X_val, y_val, kernel: str = "rotated",
                              base: str = "rbf", solver="auto", objective: str = "mse", *,
                              seed: int = 0, matrix_free: bool = False):
@@ -238,6 +250,7 @@ def validation_hypergradient(theta: dict, X_train, y_train, X_val, y_val, kernel
     yt = check.values(y_train, Xt.shape[0], "y_train")
     Xv = check.coordinates(X_val, "X_val")
     yv = check.values(y_val, Xv.shape[0], "y_val")
+    theta = _check_theta(theta, kernel)
     inner, solver = _inner_and_ihvp(solver)
     carry = _cold_carry(inner, Xt.shape[0], Xv.shape[0], objective)
     loss, grad, _, metrics = _gp_hypergrad_step(
@@ -246,6 +259,32 @@ def validation_hypergradient(theta: dict, X_train, y_train, X_val, y_val, kernel
         block=_BLOCK if matrix_free else None,
     )
     return loss, grad, _metrics_row(metrics)
+
+
+def _check_theta(theta, kernel: str) -> dict:
+    """``theta`` with exactly the entries of ``kernel`` (see :func:`gp_params`), each a
+    finite float array of its shape."""
+    shapes = {"log_lengthscales": (3,), "log_signal": (), "log_noise": ()}
+    if kernel == "rotated":
+        shapes["axis_angle"] = (3,)
+    if not isinstance(theta, dict):
+        raise ValueError(f"`theta` must be a dict with keys {sorted(shapes)}; got "
+                         f"{type(theta).__name__}")
+    missing, extra = sorted(set(shapes) - set(theta)), sorted(set(theta) - set(shapes))
+    if missing or extra:
+        raise ValueError(f"`theta` for the {kernel} kernel needs the keys {sorted(shapes)}; "
+                         f"missing {missing}, unexpected {extra}")
+    out = {}
+    for k, shape in shapes.items():
+        v = theta[k]
+        if not check.is_traced(v):
+            v = check._to_numpy(v, f"theta['{k}']")
+            if v.shape != shape:
+                raise ValueError(f"`theta['{k}']` must have shape {shape}; got {v.shape}")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"`theta['{k}']` contains NaN or infinite values")
+        out[k] = jnp.asarray(v, jnp.float64)
+    return out
 
 
 def _cold_carry(inner, n: int, m: int, objective: str, state=None):
@@ -264,6 +303,7 @@ def _metrics_row(metrics: dict) -> dict:
     return row
 
 
+@plain_errors
 def optimize_hyperparameters(X_train, y_train, X_val, y_val, kernel: str = "rotated",
                              base: str = "rbf", solver="auto", objective: str = "nlpd",
                              steps: int = 100, learning_rate: float = 0.05, seed: int = 0, *,
@@ -354,6 +394,15 @@ def optimize_hyperparameters(X_train, y_train, X_val, y_val, kernel: str = "rota
         row["grad_norm"] = float(ravel_pytree(grad)[0] @ ravel_pytree(grad)[0]) ** 0.5
         row["time_s"] = time.perf_counter() - t0
         rows.append(row)
+        for key, used in (("inner_residual", inner), ("residual", solver)):
+            if key in row and not row[key] < 1.0:  # diverged: stop before using it
+                _report_solution(row[key], None, None, f"{used!r} at step {step}",
+                                 used.residual_below_one)
+    for key, used in (("inner_residual", inner), ("residual", solver)):
+        worst = max((r[key] for r in rows if key in r), default=0.0)
+        if worst < 1.0:  # (>= 1 was reported at its step)
+            _report_solution(worst, None, getattr(used, "tol", None),
+                             f"{used!r} (worst of {steps} steps)", True)
     final_loss, *_ = step_fn(theta, carry, jax.random.fold_in(base_key, steps))
     params, s2 = gp_params(theta, kernel)
     out = {
