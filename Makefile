@@ -40,7 +40,8 @@ $(VENV311)/.installed: pyproject.toml
 	touch $@
 
 test-py311: $(VENV311)/.installed
-	$(VENV311)/bin/python -m pytest -q tests/test_diagnostics.py tests/test_saved_fits.py
+	$(VENV311)/bin/python -m pytest -q tests/test_diagnostics.py tests/test_saved_fits.py \
+		tests/test_bad_input.py tests/test_run_dir.py
 
 demo: $(STAMP)
 	$(VENV)/bin/aniso-gp demo

@@ -256,7 +256,7 @@ def _cases() -> list[Case]:
                  "`num_bootstrap`"))
 
     # ---- a saved fit: predict, score, compare --------------------------------
-    from aniso_gp import compare, predict
+    from aniso_gp import Fit, compare, predict
 
     for bad in [-5, 2.5, 0, "a", None, math.nan]:
         add(Case(f"predict-num_draws-{bad!r}", lambda t, b=bad: predict(_saved(), X[:4],
@@ -272,6 +272,13 @@ def _cases() -> list[Case]:
     add(Case("compare-empty", lambda t: compare({}), "`fits`"))
     add(Case("compare-not-fits", lambda t: compare({"a": 1}), "`fits`"))
     add(Case("compare-same-name", lambda t: compare([_saved(), _saved()]), "`fits`"))
+    def other_data(t):
+        f = _saved()
+        std = {**f.settings["standardizer"], "y_mean": f.std.y_mean + 1.0}
+        return compare({"a": f, "b": Fit(f.idata, {**f.settings, "standardizer": std})})
+
+    add(Case("compare-different-data", other_data, "different data"))
+    add(Case("compare-one-fit", lambda t: compare(_saved()), "`fits`"))
     add(Case("compare-X_test-only", lambda t: compare({"a": _saved()}, X_test=X), "`y_test`"))
     add(Case("compare-num_draws", lambda t: compare({"a": _saved()}, X_test=X, y_test=Y,
                                                     num_draws=-1), "`num_draws`"))
@@ -286,8 +293,6 @@ def _cases() -> list[Case]:
                  f"`{name}`"))
 
     # ---- saved files --------------------------------------------------------
-    from aniso_gp import Fit
-
     def garbage(name, content):
         def call(tmp):
             d = tmp / "fit"
