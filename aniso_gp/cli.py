@@ -1,4 +1,5 @@
-"""The ``aniso-gp`` command: ``demo``, ``fit``, ``compare``, ``report`` and ``map``.
+"""The ``aniso-gp`` command: ``demo``, ``fit``, ``compare``, ``report``, ``influence`` and
+``map``.
 
 Each analysis writes a *run directory* (layout in :mod:`aniso_gp.report`):
 saved fits under ``fits/<kernel>``, ``points.csv`` (the points used, with their
@@ -121,6 +122,7 @@ _OPTION_OF = {
     "scheduler": "--scheduler", "num_chains": "--chains", "num_warmup": "--warmup",
     "num_samples": "--samples", "num_landmarks": "--landmarks", "seed": "--seed",
     "base": "--base", "kernel": "--kernel", "likelihood": "--likelihood",
+    "size": "--block", "num_draws": "--draws",
 }
 
 
@@ -212,6 +214,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a directory written by "
                      f"'{PROG} fit', 'compare' or 'demo'")
     rep.set_defaults(handler=_cmd_report)
+
+    inf = sub.add_parser(
+        "influence", help="which observations (or drill holes, blocks) drive the orientation",
+        description="For the main fit of RUN_DIR (a fit on points), the change of the short "
+        "axis and the length-scales when each observation or group is left out, by "
+        "Pareto-smoothed importance sampling over the saved draws (no refits). Writes "
+        "influence.csv and adds an Influence section, with a map, to the report.",
+    )
+    inf.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                     help=f"a directory written by '{PROG} fit' or 'compare' on points")
+    inf.add_argument("--groups", choices=("none", "vertical", "blocks"), default="none",
+                     help="none: each observation; vertical: observations sharing (x, y), "
+                     "i.e. vertical drill holes; blocks: cubes of side --block "
+                     "(default: %(default)s)")
+    inf.add_argument("--block", type=float, default=None, metavar="SIZE",
+                     help="block side in the data's units, for --groups blocks")
+    inf.add_argument("--draws", type=int, default=None, metavar="N",
+                     help="use N thinned posterior draws for groups (default: all)")
+    inf.set_defaults(handler=_cmd_influence)
 
     mp = sub.add_parser(
         "map", help="map orientation over a large volume, tile by tile, on Dask",
@@ -400,6 +421,41 @@ def _cmd_report(args) -> None:
     t0 = time.perf_counter()
     html, md = rebuild_report(args.run_dir)
     print(f"report rebuilt in {time.perf_counter() - t0:.1f} s: {html} (and {md.name})")
+
+
+def _cmd_influence(args) -> None:
+    from aniso_gp import influence, run_dir
+    from aniso_gp.inference import Fit
+    from aniso_gp.report import FITS_DIR, INFLUENCE_CSV, META_JSON, _read_meta, rebuild_report
+
+    if (args.block is not None) != (args.groups == "blocks"):
+        raise ValueError("--block SIZE goes with --groups blocks (and only with it)")
+    if not (args.run_dir / META_JSON).is_file():
+        raise FileNotFoundError(f"{str(args.run_dir)!r} is not a run directory written by "
+                                f"{PROG} (no {META_JSON})")
+    meta = _read_meta(args.run_dir / META_JSON)
+    main = meta.get("main") or meta["fits"][0]
+    fit = Fit.load(args.run_dir / FITS_DIR / main)
+    if fit.is_volume:
+        raise ValueError(f"the '{main}' fit of {str(args.run_dir)!r} is a whole-volume fit; "
+                         "influence needs a fit on points (fit --subsample N)")
+    t0 = time.perf_counter()
+    if args.groups == "none":
+        table = influence.case_deletion(fit)
+    else:
+        labels = (influence.vertical_groups(fit.X) if args.groups == "vertical"
+                  else influence.block_groups(fit.X, args.block))
+        table = influence.group_deletion(fit, labels, num_draws=args.draws)
+    run_dir.write_file(args.run_dir / INFLUENCE_CSV, table.to_csv())
+    kind = table.index.name
+    print(f"influence of each {kind} on the '{main}' fit ({len(table)} {kind}s, "
+          f"{time.perf_counter() - t0:.1f} s); largest short-axis changes:")
+    for label, r in table.head(5).iterrows():
+        flag = "  (Pareto k > 0.7: refit to check)" if r.unreliable else ""
+        print(f"  {kind} {label}: {r.short_axis_change_deg:.2f} deg, Pareto k "
+              f"{r.pareto_k:.2f}{flag}")
+    html, _ = rebuild_report(args.run_dir)
+    print(f"written to {args.run_dir / INFLUENCE_CSV}; report section added to {html}")
 
 
 def _cmd_map(args) -> None:

@@ -150,6 +150,39 @@ def loo(idata) -> dict:
     }
 
 
+def relative_ess(idata) -> float:
+    """The relative efficiency ``r_eff`` that ArviZ's LOO gives PSIS: the mean "mean" ESS
+    over every posterior variable divided by the number of draws (1 for one chain in
+    ArviZ 1.x, as there)."""
+    post = idata.posterior
+    n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+    if ARVIZ_LINE and n_chains == 1:
+        return 1.0
+    ess = post.azstats.ess(method="mean") if ARVIZ_LINE else az.ess(idata, method="mean")
+    return float(np.hstack([np.ravel(ess[v]) for v in ess.data_vars]).mean()) / (
+        n_chains * n_draws)
+
+
+def psis(log_ratios: np.ndarray, r_eff: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed importance sampling of ``log_ratios`` (G, S), ArviZ's estimator.
+
+    Returns ``(log_w, k)``: (G, S) log-weights normalised over the S draws of each
+    row, and the (G,) Pareto shape estimates.
+    """
+    ratios = np.asarray(log_ratios, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if ARVIZ_LINE:
+            from arviz_stats.base import array_stats
+
+            # ArviZ 1.x's psislw takes log-likelihoods (it smooths their negatives).
+            lw, k = array_stats.psislw(-ratios, r_eff=r_eff, axis=-1)
+        else:
+            lw, k = az.psislw(ratios, r_eff)
+    lw = np.asarray(lw)
+    return lw - np.logaddexp.reduce(lw, axis=1, keepdims=True), np.asarray(k)
+
+
 def psis_log_weights(idata) -> tuple[np.ndarray, np.ndarray]:
     """Pareto-smoothed leave-one-out importance log-weights of each observation.
 
@@ -168,9 +201,7 @@ def psis_log_weights(idata) -> tuple[np.ndarray, np.ndarray]:
         else:
             ll = np.asarray(idata.log_likelihood["y"])  # (C, D, N)
             n_samples = ll.shape[0] * ll.shape[1]
-            ess = az.ess(idata, method="mean")  # az.loo's relative efficiency
-            reff = float(np.hstack([np.ravel(ess[v]) for v in ess.data_vars]).mean()) / n_samples
-            lw, k = az.psislw(-ll.reshape(n_samples, -1).T, reff)
+            lw, k = az.psislw(-ll.reshape(n_samples, -1).T, relative_ess(idata))
             lw, k = np.asarray(lw), np.asarray(k)
     lw = lw - np.logaddexp.reduce(lw, axis=1, keepdims=True)
     return lw, k

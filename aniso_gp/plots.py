@@ -592,3 +592,40 @@ def map_cone_histogram(ds) -> Figure:
     ax.set_ylabel("tiles")
     ax.legend(fontsize=8)
     return fig
+
+
+def influence_map(table, units: str = "", top: int = 10) -> Figure:
+    """Where the influential observations (or groups) are: plan view (x, y) and an
+    x-z section, colour the short axis's change when each is left out, the ``top``
+    largest labelled, unreliable estimates (Pareto k > 0.7) ringed in red.
+
+    ``table`` is :func:`aniso_gp.influence.case_deletion` or ``group_deletion``.
+    """
+    for col in ("x", "y", "z", "short_axis_change_deg", "unreliable"):
+        if col not in table:
+            raise ValueError(f"`table` has no column {col!r}: pass the table of "
+                             "influence.case_deletion or influence.group_deletion")
+    change = table["short_axis_change_deg"].to_numpy(float)
+    bad = table["unreliable"].to_numpy(bool)
+    order = np.argsort(change)  # the largest drawn last, on top
+    unit = f" ({units})" if units else ""
+    fig = Figure(figsize=(9.6, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (a, b) in zip(axes, (("x", "y"), ("x", "z")), strict=True):
+        u, v = table[a].to_numpy(float), table[b].to_numpy(float)
+        sc = ax.scatter(u[order], v[order], c=change[order], cmap="magma_r", s=28,
+                        vmin=0.0, vmax=max(float(change.max()), 1e-9), edgecolors="none")
+        ax.scatter(u[bad], v[bad], s=70, facecolors="none", edgecolors="red", lw=1.0,
+                   label="Pareto k > 0.7 (refit to check)" if bad.any() else None)
+        for i in np.argsort(change)[::-1][:top]:
+            ax.annotate(str(table.index[i]), (u[i], v[i]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(a + unit)
+        ax.set_ylabel(b + unit)
+        ax.set_aspect("equal", adjustable="datalim")
+    if bad.any():
+        axes[0].legend(fontsize=8, loc="best")
+    axes[0].set_title("plan view", fontsize=10)
+    axes[1].set_title("section", fontsize=10)
+    fig.colorbar(sc, ax=axes, label="short-axis change when left out (deg)", shrink=0.85)
+    return fig

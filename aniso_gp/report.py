@@ -47,6 +47,7 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 META_JSON = "report.json"
 FIGURES_DIR = "figures"
+INFLUENCE_CSV = "influence.csv"
 FITS_DIR = "fits"
 VOLUME_NPZ = "report_volume.npz"
 COMPARISON_CSV = "comparison.csv"
@@ -109,6 +110,7 @@ def write_report(
     volume: Volume | None = None,
     units: str = "",
     main: str | None = None,
+    influence: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` (+ figures) into ``run_dir``.
 
@@ -129,6 +131,9 @@ def write_report(
             sd of the main fit on three orthogonal planes).
         units: length unit of the coordinates, used in labels.
         main: name of the main fit.
+        influence: the table of :func:`aniso_gp.influence.case_deletion` or
+            ``group_deletion`` for the main fit (``aniso-gp influence``): adds a section
+            with the most influential observations and their map.
 
     Returns:
         ``(html_path, md_path)``.
@@ -155,6 +160,8 @@ def write_report(
 
     blocks = _build_blocks(fits, main, data_summary, comparison, truth, title, volume, units,
                            coarsened)
+    if influence is not None:
+        blocks += _influence_blocks(influence, main, units)
     _write_tables(run_dir, fits, comparison)
     _write_meta(run_dir, fits, main, data_summary, truth, title, units, volume)
     _write_figures(run_dir, blocks)
@@ -195,11 +202,27 @@ def rebuild_report(run_dir) -> tuple[Path, Path]:
         truth = _truth_from_dict(meta.get("truth"))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{str(meta_path)!r}: 'truth' is not a saved truth ({err})") from err
+    influence = None
+    if (run_dir / INFLUENCE_CSV).is_file():
+        influence = read_influence(run_dir / INFLUENCE_CSV)
     return write_report(
         run_dir, fits, meta.get("data_summary", {}), comparison=comparison, truth=truth,
         title=meta.get("title", "Anisotropy report"), volume=volume,
-        units=meta.get("units", ""), main=meta.get("main"),
+        units=meta.get("units", ""), main=meta.get("main"), influence=influence,
     )
+
+
+def read_influence(path) -> pd.DataFrame:
+    """An ``influence.csv`` written by ``aniso-gp influence``, checked."""
+    try:
+        table = pd.read_csv(path, index_col=0)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(path)!r} cannot be read as a CSV table: {err}") from err
+    needed = {"x", "y", "z", "short_axis_change_deg", "pareto_k", "unreliable"}
+    if not needed <= set(table.columns) or table.index.name not in ("observation", "group"):
+        raise ValueError(f"{str(path)!r} is not an influence table (columns "
+                         f"{sorted(needed)}, indexed by observation or group)")
+    return table
 
 
 _META_TYPES = {"title": str, "units": str, "main": (str, type(None)), "data_summary": dict,
@@ -305,6 +328,32 @@ def _build_blocks(fits, main, data_summary, comparison, truth, title, volume, un
     blocks += [Heading("Figures"),
                *_figure_blocks(fits, main, table, truth, volume, units, coarsened)]
     return blocks
+
+
+#: Rows of the influence table shown in the report (the CSV holds all).
+INFLUENCE_ROWS = 10
+
+
+def _influence_blocks(table: pd.DataFrame, main: str, units: str) -> list:
+    kind = "group" if table.index.name == "group" else "observation"
+    shown = table.head(INFLUENCE_ROWS)
+    cols = [c for c in ("n_obs", "x", "y", "z", "short_axis_change_deg", "trend_deg",
+                        "plunge_deg", "l1_change", "l3_change", "pareto_k") if c in shown]
+    unreliable = int(table["unreliable"].sum())
+    return [
+        Heading("Influence"),
+        Paragraph(
+            f"How far the short axis of the '{main}' fit turns when each {kind} is left out, "
+            "by Pareto-smoothed importance sampling over the posterior draws (no refits). "
+            f"The largest change is {table['short_axis_change_deg'].iloc[0]:.2f} deg "
+            f"({kind} {table.index[0]}); {unreliable} of {len(table)} estimates have Pareto "
+            "k > 0.7 and are unreliable: refit without those to check them."),
+        Table(shown[cols].map(_fmt), f"The {len(shown)} most influential {kind}s (all of "
+              f"them in {INFLUENCE_CSV}); length-scale changes in {units or 'data units'}."),
+        FigureBlock("influence", f"Where the influential {kind}s are: colour is the short "
+                    "axis's change when left out; red rings mark unreliable estimates.",
+                    _png(plots.influence_map(table, units))),
+    ]
 
 
 def _describe_settings(s: dict) -> str:

@@ -292,6 +292,22 @@ def _cases() -> list[Case]:
         add(Case(f"predict-{name}", lambda t, n=name: _saved().predict(X[:3], **{n: "yes"}),
                  f"`{name}`"))
 
+    from aniso_gp import influence
+
+    n_saved = len(_saved().y)
+    for label, call, names in [
+        ("case-not-fit", lambda t: influence.case_deletion("run/"), "`fit`"),
+        ("groups-short", lambda t: influence.group_deletion(_saved(), np.arange(3)),
+         "`groups`"),
+        ("groups-one", lambda t: influence.group_deletion(_saved(), np.zeros(n_saved)),
+         "`groups`"),
+        ("num_draws", lambda t: influence.group_deletion(_saved(), np.arange(n_saved) % 4,
+                                                         num_draws=-1), "`num_draws`"),
+        ("block-size", lambda t: influence.block_groups(X, -1.0), "`size`"),
+        ("vertical-X", lambda t: influence.vertical_groups(X[:, :2]), "`X`"),
+    ]:
+        add(Case(f"influence-{label}", call, names))
+
     # ---- saved files --------------------------------------------------------
     def garbage(name, content):
         def call(tmp):

@@ -165,6 +165,38 @@ def test_report_does_not_write_through_links_or_trust_report_json(fitted_run, tm
     assert code == 1 and "posterior.nc cannot be read as a saved posterior" in _error_line(err)
 
 
+def test_influence_command_writes_a_table_and_a_report_section(fitted_run, tmp_path,
+                                                               capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run)
+    code, out, err = _run(capsys, "influence", run)
+    assert code == 0, err
+    assert "largest short-axis changes" in out
+    table = pd.read_csv(run / "influence.csv", index_col=0)
+    assert table.index.name == "observation" and len(table) == 40  # 50 points, 20% held out
+    html = (run / "report.html").read_text()
+    assert ">Influence</h2>" in html and 'id="fig-influence"' in html
+    assert (run / "figures" / "influence.png").is_file()
+    assert "## Influence" in (run / "report.md").read_text()
+
+    code, out, err = _run(capsys, "influence", run, "--groups", "blocks", "--block", "2")
+    assert code == 0, err
+    table = pd.read_csv(run / "influence.csv", index_col=0)
+    assert table.index.name == "group" and table["n_obs"].sum() == 40 and len(table) > 2
+    code, _, err = _run(capsys, "report", run)  # a rebuilt report keeps the section
+    assert code == 0 and ">Influence</h2>" in (run / "report.html").read_text()
+
+    for argv, message in ((["--block", "2"], "--block SIZE goes with --groups blocks"),
+                          (["--groups", "blocks", "--block", "-1"], "--block must be finite"),
+                          (["--groups", "vertical", "--draws", "0"], "--draws must be")):
+        code, _, err = _run(capsys, "influence", run, *argv)
+        assert code == 1 and message in _error_line(err), err
+    code, _, err = _run(capsys, "influence", tmp_path)
+    assert code == 1 and "is not a run directory" in _error_line(err)
+
+
 def test_an_interrupted_fit_resumes_reusing_finished_fits(tiny_volume, tmp_path, capsys,
                                                          monkeypatch):
     """Interrupted after its fit was saved: 'fit --resume OUT.partial' loads that fit instead
@@ -216,14 +248,16 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_volume, tmp_path):
     import time
 
     out = tmp_path / "run"
+    # Long chains: with compilation cached, TINY's sampling could end before the signal.
+    long = [*TINY[:6], "--warmup", "5000", "--samples", "5000", "--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "aniso_gp", "fit", str(tiny_volume),
-                             "--kernel", "ard", "--out", str(out), *TINY],
+                             "--kernel", "ard", "--out", str(out), *long],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=fast_compile_env())
     for line in proc.stdout:  # the fit has started: signal handlers are installed
         if "fitting the ard kernel" in line:
             break
-    time.sleep(1.0)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err
@@ -324,7 +358,7 @@ def test_user_errors_are_one_line(argv, message, tiny_volume, tmp_path, capsys):
 
 
 def test_help_everywhere(capsys):
-    for argv in ([], ["demo"], ["fit"], ["compare"], ["report"]):
+    for argv in ([], ["demo"], ["fit"], ["compare"], ["report"], ["influence"]):
         with pytest.raises(SystemExit) as exc:
             cli.main([*argv, "--help"])
         assert exc.value.code == 0

@@ -59,3 +59,60 @@ def test_case_deletion_needs_a_point_fit():
     for bad in (volume_fit, "run/", None):
         with pytest.raises(ValueError, match="`fit` must be a point Fit"):
             influence.case_deletion(bad)
+
+
+# --------------------------------------------------------------------------- #
+# Groups (drill holes, blocks): the multivariate leave-group-out density
+# --------------------------------------------------------------------------- #
+def test_singleton_groups_are_case_deletion(field_and_fit):
+    """Groups of one observation: the closed-form group density is the stored pointwise
+    LOO density (up to the user-unit constant), and the tables agree."""
+    f, fit = field_and_fit
+    S = fit.lengthscale_draws().shape[0]
+    mine = influence.group_loo_log_density(fit, [np.array([i]) for i in range(40)],
+                                           np.arange(S))
+    stored = np.asarray(fit.idata.log_likelihood["y"]).reshape(-1, 40).T  # (N, S)
+    np.testing.assert_allclose(mine - np.log(fit.std.y_sd), stored, rtol=0, atol=1e-8)
+    groups = influence.group_deletion(fit, np.arange(40)).sort_index()
+    cases = influence.case_deletion(fit).sort_index()
+    for col in ("short_axis_change_deg", "l1_change", "l3_change", "pareto_k"):
+        np.testing.assert_allclose(groups[col], cases[col], rtol=1e-6, atol=1e-9)
+
+
+def test_group_density_matches_the_conditional_gaussian(field_and_fit):
+    """One draw, one group of five: log N(y_G; conditional mean, conditional covariance)
+    from the partitioned covariance by SciPy."""
+    from scipy.stats import multivariate_normal
+
+    from aniso_gp.models import dense_covariance
+
+    f, fit = field_and_fit
+    G = np.array([3, 7, 11, 20, 31])
+    s = 17
+    got = influence.group_loo_log_density(fit, [G, np.array([0, 1])], np.array([s]))[0, 0]
+    d = fit.standardised_draws(fit.lengthscale_draws().shape[0])
+    A, sig, eps, mu = (np.asarray(d[k][s]) for k in ("A_std", "signal", "noise", "mean"))
+    Xs, ys = np.asarray(fit.std.x(fit.X)), np.asarray(fit.std.y(fit.y)) - mu
+    K = np.asarray(dense_covariance(Xs @ A, sig, eps, fit.settings["base"]))
+    R = np.setdiff1d(np.arange(40), G)
+    gain = K[np.ix_(G, R)] @ np.linalg.inv(K[np.ix_(R, R)])
+    mean = gain @ ys[R]
+    cov = K[np.ix_(G, G)] - gain @ K[np.ix_(R, G)]
+    np.testing.assert_allclose(got, multivariate_normal(mean, cov).logpdf(ys[G]), rtol=1e-9)
+
+
+def test_group_deletion_table_and_errors(field_and_fit):
+    f, fit = field_and_fit
+    labels = np.repeat([f"hole{i}" for i in range(8)], 5)
+    table = influence.group_deletion(fit, labels, num_draws=200)
+    assert sorted(table.index) == sorted(set(labels)) and (table["n_obs"] == 5).all()
+    assert np.all(np.diff(table["short_axis_change_deg"].to_numpy()) <= 0)
+    np.testing.assert_allclose(table.loc["hole0", ["x", "y", "z"]].to_numpy(float),
+                               f.X[:5].mean(axis=0))
+    for bad, message in ((labels[:-1], "one label per observation"),
+                         (np.zeros(40), "at least two groups"),
+                         (np.r_[[None], labels[1:]], "missing labels")):
+        with pytest.raises(ValueError, match=message):
+            influence.group_deletion(fit, bad)
+    with pytest.raises(ValueError, match="`num_draws`"):
+        influence.group_deletion(fit, labels, num_draws=0)

@@ -212,3 +212,21 @@ def test_plots_do_not_touch_pyplot():
         "assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_influence_map_labels_the_largest_and_rings_the_unreliable():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"x": rng.uniform(0, 5, 12), "y": rng.uniform(0, 5, 12),
+                          "z": rng.uniform(0, 2, 12), "short_axis_change_deg": np.arange(12.0),
+                          "unreliable": np.arange(12) % 5 == 0},
+                         index=pd.Index([f"h{i}" for i in range(12)], name="group"))
+    fig = plots.influence_map(table, units="m", top=3)
+    ax_plan, ax_section = fig.axes[:2]
+    assert [t.get_text() for t in ax_plan.texts] == ["h11", "h10", "h9"]
+    assert ax_plan.get_xlabel() == "x (m)" and ax_section.get_ylabel() == "z (m)"
+    rings = ax_plan.collections[1]
+    assert len(rings.get_offsets()) == 3  # h0, h5, h10
+    with pytest.raises(ValueError, match="no column 'unreliable'"):
+        plots.influence_map(table.drop(columns="unreliable"))
