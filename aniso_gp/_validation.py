@@ -26,15 +26,15 @@ def _to_numpy(x, name: str) -> np.ndarray:
         raise ValueError(f"`{name}` must be numeric array-like; got {kind}")
     try:
         raw = np.asarray(x)
-        if np.iscomplexobj(raw):  # NumPy would drop the imaginary part with only a warning
-            raise ValueError(f"`{name}` holds complex numbers; coordinates and values must "
-                             "be real")
-        arr = raw.astype(np.float64)
-    except (TypeError, ValueError) as err:
-        if "complex" in str(err):
-            raise
+    except (TypeError, ValueError) as err:  # ragged nesting
         raise ValueError(f"`{name}` must be numeric array-like; got {kind}") from err
-    return arr
+    if np.iscomplexobj(raw):  # NumPy would drop the imaginary part with only a warning
+        raise ValueError(f"`{name}` holds complex numbers; coordinates and values must be "
+                         "real")
+    try:
+        return raw.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be numeric array-like; got {kind}") from err
 
 
 def is_traced(*xs) -> bool:

@@ -426,14 +426,17 @@ def _cmd_report(args) -> None:
 def _cmd_influence(args) -> None:
     from aniso_gp import influence, run_dir
     from aniso_gp.inference import Fit
-    from aniso_gp.report import FITS_DIR, INFLUENCE_CSV, META_JSON, _read_meta, rebuild_report
+    from aniso_gp.report import FITS_DIR, INFLUENCE_CSV, META_JSON, read_meta, rebuild_report
 
     if (args.block is not None) != (args.groups == "blocks"):
         raise ValueError("--block SIZE goes with --groups blocks (and only with it)")
+    if args.draws is not None and args.groups == "none":
+        raise ValueError("--draws thins the draws of a group deletion (--groups vertical or "
+                         "blocks); case deletion uses every draw")
     if not (args.run_dir / META_JSON).is_file():
         raise FileNotFoundError(f"{str(args.run_dir)!r} is not a run directory written by "
                                 f"{PROG} (no {META_JSON})")
-    meta = _read_meta(args.run_dir / META_JSON)
+    meta = read_meta(args.run_dir / META_JSON)
     main = meta.get("main") or meta["fits"][0]
     fit = Fit.load(args.run_dir / FITS_DIR / main)
     if fit.is_volume:

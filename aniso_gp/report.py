@@ -188,7 +188,7 @@ def rebuild_report(run_dir) -> tuple[Path, Path]:
             f"{str(meta_path)!r} not found: {str(run_dir)!r} is not a run directory written by "
             "aniso-gp (write_report)"
         )
-    meta = _read_meta(meta_path)
+    meta = read_meta(meta_path)
     fits = {name: Fit.load(run_dir / FITS_DIR / name) for name in meta["fits"]}
     comparison = None
     if (run_dir / COMPARISON_CSV).is_file():
@@ -229,7 +229,7 @@ _META_TYPES = {"title": str, "units": str, "main": (str, type(None)), "data_summ
                "truth": (dict, type(None)), "volume": bool}
 
 
-def _read_meta(path: Path) -> dict:
+def read_meta(path: Path) -> dict:
     """``report.json``, checked before anything in it is used (fit names become paths)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))

@@ -190,7 +190,8 @@ def test_influence_command_writes_a_table_and_a_report_section(fitted_run, tmp_p
 
     for argv, message in ((["--block", "2"], "--block SIZE goes with --groups blocks"),
                           (["--groups", "blocks", "--block", "-1"], "--block must be finite"),
-                          (["--groups", "vertical", "--draws", "0"], "--draws must be")):
+                          (["--groups", "vertical", "--draws", "0"], "--draws must be"),
+                          (["--draws", "50"], "--draws thins the draws of a group")):
         code, _, err = _run(capsys, "influence", run, *argv)
         assert code == 1 and message in _error_line(err), err
     code, _, err = _run(capsys, "influence", tmp_path)

@@ -50,7 +50,7 @@ def monkeypatch_module():
     ("material_density", ["brick_stereonet", "brick_ellipsoid", "brick_lengthscales",
                           "needle_stereonet", "needle_lengthscales", "needle_data_slices",
                           "fibres_stereonet", "patchwork_map", "patchwork_stereonet"]),
-    ("oilsands", ["vertical_trend", "stereonet", "lengthscales"]),
+    ("oilsands", ["vertical_trend", "stereonet", "lengthscales", "hole_influence"]),
 ])
 def test_notebook_runs_in_smoke_mode(name, figures, kernel_name, tmp_path, monkeypatch):
     monkeypatch.setenv("ANISO_GP_SMOKE", "1")
