@@ -28,7 +28,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from volume_scaling import machine_info, table  # noqa: E402
+from volume_scaling import log_entry, machine_info  # noqa: E402
 
 import aniso_gp  # noqa: E402
 from aniso_gp import datasets, influence, io, orientation  # noqa: E402
@@ -110,13 +110,10 @@ def main(argv=None) -> int:
                f" (top holes verified: {'YES' if verified else 'NO'}). Monte Carlo noise of one"
                f" fit's mean short axis (seeds 1 and 2): {noise:.2f} deg. "
                f"{int(tab['unreliable'].sum())} of {len(tab)} holes have Pareto k > 0.7.")
-    text = "\n".join([
-        f"## influence_holes ({info['date']})", "",
-        f"`python benchmarks/influence_holes.py {' '.join(argv or sys.argv[1:])}`;"
-        f" {info['cpu']}; load at start {info['load average at start']}; {args.holes} holes,"
-        f" N = {len(y)}, 2 chains of {args.draws} + {args.draws} draws; one fit {fit_s:.0f} s,"
-        f" group deletion over {len(tab)} holes {influence_s:.1f} s", "",
-        table(list(rows[0]), [list(r.values()) for r in rows]), "", verdict, ""])
+    facts = (f"{args.holes} holes, N = {len(y)}, 2 chains of {args.draws} + "
+             f"{args.draws} draws; one fit {fit_s:.0f} s, group deletion over {len(tab)} "
+             f"holes {influence_s:.1f} s")
+    text = log_entry(__file__, argv, info, facts, rows, verdict)
     print(text)
     if not args.no_append and not args.quick:
         with open(LOG, "a") as fh:

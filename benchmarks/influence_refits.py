@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from volume_scaling import machine_info, table  # noqa: E402
+from volume_scaling import log_entry, machine_info  # noqa: E402
 
 import aniso_gp  # noqa: E402
 from aniso_gp import influence, orientation  # noqa: E402
@@ -85,12 +85,8 @@ def main(argv=None) -> int:
                f" {'MET' if rho_all >= 0.8 else 'MISSED'}); over the {int(reliable.sum())} with"
                f" Pareto k <= 0.7: {rho_reliable:.2f}. Monte Carlo noise of one refit's mean"
                f" short axis (two full fits, seeds 1 and 2): {noise:.2f} deg.")
-    text = "\n".join([
-        f"## influence_refits ({info['date']})", "",
-        f"`python benchmarks/influence_refits.py {' '.join(argv or sys.argv[1:])}`;"
-        f" {info['cpu']}; load at start {info['load average at start']}; N = {args.n},"
-        f" 2 chains of {args.draws} + {args.draws} draws; one fit {fit_s:.0f} s", "",
-        table(list(rows[0]), [list(r.values()) for r in rows]), "", verdict, ""])
+    facts = f"N = {args.n}, 2 chains of {args.draws} + {args.draws} draws; one fit {fit_s:.0f} s"
+    text = log_entry(__file__, argv, info, facts, rows, verdict)
     print(text)
     if not args.no_append and not args.quick:
         with open(LOG, "a") as fh:

@@ -93,6 +93,18 @@ def table(headers, rows) -> str:
     return "\n".join(lines)
 
 
+def log_entry(script: str, argv, info: dict, facts: str, rows: list[dict],
+              verdict: str) -> str:
+    """One benchmark-log block: heading, command and machine, the table of ``rows``
+    (dicts with the same keys), the verdict."""
+    name = Path(script).stem
+    return "\n".join([
+        f"## {name} ({info['date']})", "",
+        f"`python benchmarks/{name}.py {' '.join(argv or sys.argv[1:])}`; {info['cpu']}; "
+        f"load at start {info['load average at start']}; {facts}", "",
+        table(list(rows[0]), [list(r.values()) for r in rows]), "", verdict, ""])
+
+
 def potential_of(values, spacing=1.0, kernel="rotated", base="rbf",
                  parameterization="identifiable", taper=None):
     """Jitted potential and its value_and_grad for a volume, at the moment start."""
