@@ -292,6 +292,7 @@ def _cases() -> list[Case]:
         add(Case(f"predict-{name}", lambda t, n=name: _saved().predict(X[:3], **{n: "yes"}),
                  f"`{name}`"))
 
+    from aniso_gp import hypergrad as hg
     from aniso_gp import influence
 
     n_saved = len(_saved().y)
@@ -304,6 +305,12 @@ def _cases() -> list[Case]:
         ("num_draws", lambda t: influence.group_deletion(_saved(), np.arange(n_saved) % 4,
                                                          num_draws=-1), "`num_draws`"),
         ("block-size", lambda t: influence.block_groups(X, -1.0), "`size`"),
+        ("first_order-num_draws", lambda t: influence.first_order(_saved(), num_draws=2.5),
+         "`num_draws`"),
+        ("first_order-probes", lambda t: influence.first_order(_saved(), solver=hg.CG(),
+                                                               probes=-1), "`probes`"),
+        ("first_order-solver", lambda t: influence.first_order(_saved(), solver="cg"),
+         "`solver`"),
         ("vertical-X", lambda t: influence.vertical_groups(X[:, :2]), "`X`"),
     ]:
         add(Case(f"influence-{label}", call, names))

@@ -116,3 +116,57 @@ def test_group_deletion_table_and_errors(field_and_fit):
             influence.group_deletion(fit, bad)
     with pytest.raises(ValueError, match="`num_draws`"):
         influence.group_deletion(fit, labels, num_draws=0)
+
+
+# --------------------------------------------------------------------------- #
+# First-order influence (weights on the leave-one-out factors)
+# --------------------------------------------------------------------------- #
+def test_first_order_linearises_case_deletion(field_and_fit):
+    """-Cov(s, l_i) is the derivative of the PSIS estimate at no deletion: the two rank
+    the observations alike and agree on the length-scale changes."""
+    from scipy.stats import spearmanr
+
+    f, fit = field_and_fit
+    first = influence.first_order(fit).sort_index()
+    cases = influence.case_deletion(fit).sort_index()
+    assert spearmanr(first["short_axis_change_deg"],
+                     cases["short_axis_change_deg"]).statistic > 0.8
+    assert np.corrcoef(first["l3_change"], cases["l3_change"])[0, 1] > 0.95
+    np.testing.assert_allclose(first[["x", "y", "z"]], f.X)
+
+
+def test_iterative_alpha_and_hutchinson_diagonal_match_the_dense_inverse(field_and_fit):
+    """The ASTRA-style solve gives alpha to its tolerance; Hutchinson's diagonal of
+    K_y^{-1} lies within 4 of its standard errors sqrt(sum_{j!=i} Q_ij^2 / probes)."""
+    import jax.numpy as jnp
+
+    from aniso_gp import hypergrad
+    from aniso_gp.models import dense_covariance
+
+    f, fit = field_and_fit
+    d = fit.standardised_draws(fit.lengthscale_draws().shape[0])
+    idx = np.array([5, 150, 333])
+    pick = [np.asarray(d[k])[idx] for k in ("A_std", "signal", "noise", "mean")]
+    Xs, ys = fit.std.x(fit.X), fit.std.y(fit.y)
+    probes = 400
+    alpha, diag, info = influence._iterative_alpha_diag(
+        Xs, ys, "rbf", pick, hypergrad.NystromRichardson(rank=20, tol=1e-11), probes, 0)
+    assert info["residual"] < 1e-9 and info["matvecs"] > 0
+    for k, (A, s, e, mu) in enumerate(zip(*pick, strict=True)):
+        Q = np.linalg.inv(np.asarray(dense_covariance(Xs @ jnp.asarray(A), s, e, "rbf")))
+        np.testing.assert_allclose(alpha[k], Q @ (np.asarray(ys) - mu), rtol=1e-6,
+                                   atol=1e-8 * np.abs(Q).max())
+        se = np.sqrt((np.sum(Q**2, axis=1) - np.diag(Q) ** 2) / probes)
+        assert np.all(np.abs(diag[k] - np.diag(Q)) < 4 * se)
+
+
+def test_first_order_errors(field_and_fit):
+    from aniso_gp import hypergrad
+
+    _, fit = field_and_fit
+    with pytest.raises(ValueError, match="`num_draws`"):
+        influence.first_order(fit, num_draws=0)
+    with pytest.raises(ValueError, match="`probes`"):
+        influence.first_order(fit, solver=hypergrad.CG(), probes=0)
+    table = influence.first_order(fit, num_draws=5, solver=hypergrad.CG(), probes=8)
+    assert table.attrs["solves"]["residual"] < 1e-8
