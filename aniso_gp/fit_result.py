@@ -73,7 +73,7 @@ class Standardizer:
         Xu = X / mag if mag > 0 else X
         center = Xu.mean(axis=0)
         spread = np.sqrt(np.mean((Xu - center) ** 2, axis=0))
-        if not np.max(spread) > RELATIVE_SPREAD * max(float(np.max(np.abs(Xu))), 1e-300):
+        if not np.max(spread) > RELATIVE_SPREAD:  # Xu's largest magnitude is 1 (or all 0)
             raise ValueError("`X` has all points at one location (their spread is below "
                              "1e-10 of their magnitude)")
         sv = np.linalg.svd((Xu - center) / np.max(spread), compute_uv=False)

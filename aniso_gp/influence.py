@@ -103,10 +103,7 @@ def group_deletion(fit, groups, num_draws: int | None = None) -> pd.DataFrame:
         table = influence.group_deletion(fit, holes)
         table.head(5)   # the drill holes that set the dip
     """
-    _check_point_fit(fit)
-    if fit.settings.get("likelihood") != "exact":
-        raise ValueError("`fit` must use the exact likelihood: the leave-group-out density "
-                         f"of a {fit.settings.get('likelihood')!r} fit is not the GP's")
+    _check_exact_fit(fit)
     labels = np.asarray(groups)
     if labels.shape != (fit.X.shape[0],):
         raise ValueError(f"`groups` must hold one label per observation of the fit "
@@ -116,12 +113,11 @@ def group_deletion(fit, groups, num_draws: int | None = None) -> pd.DataFrame:
         raise ValueError("`groups` has missing labels (NaN/None)")
     if len(names) < 2:
         raise ValueError("`groups` must name at least two groups")
-    S = fit.lengthscale_draws().shape[0]
-    idx = np.arange(S) if num_draws is None else np.unique(np.linspace(
-        0, S - 1, min(check.positive_int(num_draws, "num_draws"), S)).round().astype(int))
+    idx = _draw_index(fit, num_draws)
     members = [np.flatnonzero(codes == g) for g in range(len(names))]
     logdens = group_loo_log_density(fit, members, idx)  # (G, S')
     # ArviZ's LOO efficiency, so that groups of one reproduce case_deletion exactly.
+    S = fit.lengthscale_draws().shape[0]
     r_eff = min(1.0, diagnostics.relative_ess(fit.idata) * S / len(idx))
     log_w, k = diagnostics.psis(-logdens, r_eff)
     sizes = np.array([len(m) for m in members])
@@ -141,18 +137,9 @@ def group_loo_log_density(fit, members: list, draws: np.ndarray) -> np.ndarray:
     valid = np.zeros((G, m), dtype=bool)
     for g, rows in enumerate(members):
         index[g, :len(rows)], valid[g, :len(rows)] = rows, True
-    d = fit.standardised_draws(fit.lengthscale_draws().shape[0])
-    pick = {k: v[jnp.asarray(draws)] for k, v in d.items()}
-    Xs, ys = fit.std.x(fit.X), fit.std.y(fit.y)
-    base = fit.settings["base"]
     index, valid = jnp.asarray(index), jnp.asarray(valid)
 
-    def one(args):
-        A, s, e, mu = args
-        L = jnp.linalg.cholesky(dense_covariance(Xs @ A, s, e, base))
-        Q = jax.scipy.linalg.cho_solve((L, True), jnp.eye(L.shape[0]))
-        alpha = Q @ (ys - mu)
-
+    def per_draw(Q, alpha):
         def group(ix, ok):
             both = ok[:, None] & ok[None, :]
             Qg = jnp.where(both, Q[ix][:, ix], jnp.eye(m))  # padding: identity, alpha 0
@@ -164,9 +151,7 @@ def group_loo_log_density(fit, members: list, draws: np.ndarray) -> np.ndarray:
 
         return jax.vmap(group)(index, valid)
 
-    out = jax.lax.map(jax.jit(one), (pick["A_std"], pick["signal"], pick["noise"],
-                                      pick["mean"]))
-    return np.asarray(out).T
+    return np.asarray(_map_inverse(fit, draws, per_draw)).T
 
 
 def _check_point_fit(fit) -> None:
@@ -174,6 +159,44 @@ def _check_point_fit(fit) -> None:
         raise ValueError("`fit` must be a point Fit (aniso_gp.fit on X, y): case deletion "
                          "reweights its leave-one-out densities, which a whole-volume fit "
                          "does not have")
+
+
+def _check_exact_fit(fit) -> None:
+    _check_point_fit(fit)
+    if fit.settings.get("likelihood") != "exact":
+        raise ValueError("`fit` must use the exact likelihood: the leave-out densities of a "
+                         f"{fit.settings.get('likelihood')!r} fit are not the GP's")
+
+
+def _draw_index(fit, num_draws: int | None) -> np.ndarray:
+    """Indices of ``num_draws`` evenly thinned posterior draws (all when None), the same
+    thinning as :meth:`Fit.standardised_draws`."""
+    S = fit.lengthscale_draws().shape[0]
+    if num_draws is None:
+        return np.arange(S)
+    n = min(check.positive_int(num_draws, "num_draws"), S)
+    return np.unique(np.linspace(0, S - 1, n).round().astype(int))
+
+
+def _draw_params(fit, draws: np.ndarray) -> list[np.ndarray]:
+    """``[A_std, signal, noise, mean]`` of the posterior draws ``draws``, standardised."""
+    d = fit.standardised_draws(fit.lengthscale_draws().shape[0])
+    return [np.asarray(d[k])[draws] for k in ("A_std", "signal", "noise", "mean")]
+
+
+def _map_inverse(fit, draws: np.ndarray, per_draw):
+    """``per_draw(Q, alpha)`` for each posterior draw in ``draws``, with ``Q = K_y^{-1}``
+    (one Cholesky) and ``alpha = Q (y - m)``; outputs stacked over the draws."""
+    Xs, ys = fit.std.x(fit.X), fit.std.y(fit.y)
+    base = fit.settings["base"]
+
+    def one(args):
+        A, s, e, mu = args
+        L = jnp.linalg.cholesky(dense_covariance(Xs @ A, s, e, base))
+        Q = jax.scipy.linalg.cho_solve((L, True), jnp.eye(L.shape[0]))
+        return per_draw(Q, Q @ (ys - mu))
+
+    return jax.lax.map(jax.jit(one), tuple(jnp.asarray(p) for p in _draw_params(fit, draws)))
 
 
 def _summaries(fit, w: np.ndarray, k: np.ndarray, draws=None) -> dict:
@@ -249,32 +272,18 @@ def first_order(fit, num_draws: int | None = None, solver=None, probes: int = 64
         iterative path ``attrs["solves"]`` holds the total ``matvecs`` and the largest
         relative ``residual`` of the solves.
     """
-    _check_point_fit(fit)
-    if fit.settings.get("likelihood") != "exact":
-        raise ValueError("`fit` must use the exact likelihood for first-order influence")
-    S = fit.lengthscale_draws().shape[0]
-    idx = np.arange(S) if num_draws is None else np.unique(np.linspace(
-        0, S - 1, min(check.positive_int(num_draws, "num_draws"), S)).round().astype(int))
-    d = fit.standardised_draws(S)
-    pick = [np.asarray(d[k])[idx] for k in ("A_std", "signal", "noise", "mean")]
-    Xs, ys = fit.std.x(fit.X), fit.std.y(fit.y)
-    base = fit.settings["base"]
+    _check_exact_fit(fit)
+    idx = _draw_index(fit, num_draws)
     info = {}
     if solver is None:
-        def one(args):
-            A, s, e, mu = args
-            L = jnp.linalg.cholesky(dense_covariance(Xs @ A, s, e, base))
-            Q = jax.scipy.linalg.cho_solve((L, True), jnp.eye(L.shape[0]))
-            return Q @ (ys - mu), jnp.diagonal(Q)
-
-        alpha, diag = (np.asarray(v) for v in jax.lax.map(jax.jit(one), tuple(
-            jnp.asarray(p) for p in pick)))
+        alpha, diag = (np.asarray(v) for v in _map_inverse(
+            fit, idx, lambda Q, alpha: (alpha, jnp.diagonal(Q))))
     else:
         from aniso_gp.hypergrad import as_solver
 
         alpha, diag, info = _iterative_alpha_diag(
-            Xs, ys, base, pick, as_solver(solver), check.positive_int(probes, "probes"),
-            check.seed(seed))
+            fit.std.x(fit.X), fit.std.y(fit.y), fit.settings["base"], _draw_params(fit, idx),
+            as_solver(solver), check.positive_int(probes, "probes"), check.seed(seed))
     loo = 0.5 * np.log(diag) - 0.5 * alpha**2 / diag  # (S', N), constants dropped
     loo = loo - loo.mean(axis=0)
     n = loo.shape[0]
