@@ -271,6 +271,14 @@ def first_order(fit, num_draws: int | None = None, solver=None, probes: int = 64
         ``l1_change``..``l3_change`` (first-order changes on deletion); for the
         iterative path ``attrs["solves"]`` holds the total ``matvecs`` and the largest
         relative ``residual`` of the solves.
+
+    Example::
+
+        from aniso_gp.hypergrad import NystromRichardson
+
+        table = influence.first_order(fit)                     # dense, one Cholesky per draw
+        table = influence.first_order(fit, num_draws=100,      # large N: iterative solves
+                                      solver=NystromRichardson(rank=200, tol=1e-8))
     """
     _check_exact_fit(fit)
     idx = _draw_index(fit, num_draws)

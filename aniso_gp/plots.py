@@ -599,14 +599,16 @@ def influence_map(table, units: str = "", top: int = 10) -> Figure:
     x-z section, colour the short axis's change when each is left out, the ``top``
     largest labelled, unreliable estimates (Pareto k > 0.7) ringed in red.
 
-    ``table`` is :func:`aniso_gp.influence.case_deletion` or ``group_deletion``.
+    ``table`` is :func:`aniso_gp.influence.case_deletion`, ``group_deletion`` or
+    ``first_order`` (which has no Pareto k: nothing is ringed).
     """
-    for col in ("x", "y", "z", "short_axis_change_deg", "unreliable"):
+    for col in ("x", "y", "z", "short_axis_change_deg"):
         if col not in table:
             raise ValueError(f"`table` has no column {col!r}: pass the table of "
-                             "influence.case_deletion or influence.group_deletion")
+                             "influence.case_deletion, group_deletion or first_order")
     change = table["short_axis_change_deg"].to_numpy(float)
-    bad = table["unreliable"].to_numpy(bool)
+    bad = (table["unreliable"].to_numpy(bool) if "unreliable" in table
+           else np.zeros(len(table), bool))
     order = np.argsort(change)  # the largest drawn last, on top
     unit = f" ({units})" if units else ""
     fig = Figure(figsize=(9.6, 4.2), layout="constrained")

@@ -218,7 +218,7 @@ def read_influence(path) -> pd.DataFrame:
         table = pd.read_csv(path, index_col=0)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(path)!r} cannot be read as a CSV table: {err}") from err
-    needed = {"x", "y", "z", "short_axis_change_deg", "pareto_k", "unreliable"}
+    needed = {"x", "y", "z", "short_axis_change_deg"}  # + pareto_k, unreliable from PSIS
     if not needed <= set(table.columns) or table.index.name not in ("observation", "group"):
         raise ValueError(f"{str(path)!r} is not an influence table (columns "
                          f"{sorted(needed)}, indexed by observation or group)")
@@ -339,15 +339,22 @@ def _influence_blocks(table: pd.DataFrame, main: str, units: str) -> list:
     shown = table.head(INFLUENCE_ROWS)
     cols = [c for c in ("n_obs", "x", "y", "z", "short_axis_change_deg", "trend_deg",
                         "plunge_deg", "l1_change", "l3_change", "pareto_k") if c in shown]
-    unreliable = int(table["unreliable"].sum())
+    largest = (f"The largest change is {table['short_axis_change_deg'].iloc[0]:.2f} deg "
+               f"({kind} {table.index[0]})")
+    if "unreliable" in table:
+        how = "by Pareto-smoothed importance sampling over the posterior draws (no refits)"
+        caveat = (f"; {int(table['unreliable'].sum())} of {len(table)} estimates have Pareto"
+                  " k > 0.7 and are unreliable: refit without those to check them.")
+    else:
+        how = ("to first order (the posterior covariance of each summary with the"
+               " observation's leave-one-out log density; no refits)")
+        caveat = (": a linearisation, reliable for small changes; check large ones by"
+                  " case deletion (aniso-gp influence without --first-order) or a refit.")
     return [
         Heading("Influence"),
         Paragraph(
             f"How far the short axis of the '{main}' fit turns when each {kind} is left out, "
-            "by Pareto-smoothed importance sampling over the posterior draws (no refits). "
-            f"The largest change is {table['short_axis_change_deg'].iloc[0]:.2f} deg "
-            f"({kind} {table.index[0]}); {unreliable} of {len(table)} estimates have Pareto "
-            "k > 0.7 and are unreliable: refit without those to check them."),
+            f"{how}. {largest}{caveat}"),
         Table(shown[cols].map(_fmt), f"The {len(shown)} most influential {kind}s (all of "
               f"them in {INFLUENCE_CSV}); length-scale changes in {units or 'data units'}."),
         FigureBlock("influence", f"Where the influential {kind}s are: colour is the short "

@@ -21,8 +21,10 @@ B. Convergence: HVPs that CG and Nystrom-PCG need to reach hypergradient
 C. Biases: Neumann's truncation (closer to the damped solve with 1/(lr T) than
    to the exact one) and Hataya's rho (eigen-form vs the naive Woodbury form).
 D. Spectral reuse: a 100-step hyperparameter optimisation with fresh
-   Nystrom-PCG sketches every step vs :class:`SpectralReuse`, total HVPs and
-   final validation loss.
+   Nystrom-PCG sketches every step vs :class:`SpectralReuse` vs
+   :class:`AmortizedEigenbasis` (issue 17), total HVPs, wall time, final
+   validation loss and the hypergradient error against a dense solve at 10
+   steps of each run's trajectory.
 E. ASTRA-style iHVP (issue 17): HVPs to iHVP residual 1e-8 of the plain
    Neumann series (Richardson, lr = 1/(1.1 lambda_max) by power iteration;
    capped by ``--neumann-cap``), of :class:`NystromRichardson` (the same
@@ -387,37 +389,61 @@ def section_bias(problem: Problem, neumann_T, rank, rho_factors):
     return neumann_rows, rho_rows
 
 
-def section_reuse(problem: Problem, steps, ranks, tau, probes, tol, lr, cold=True):
-    """Fresh Nystrom-PCG sketches every step vs SpectralReuse, at each rank (and one cold run)."""
-    from aniso_gp.hypergrad import NystromPCG, SpectralReuse, optimize_hyperparameters
+def section_reuse(problem: Problem, steps, ranks, tau, probes, tol, lr, cold=True,
+                  checkpoints=10):
+    """Fresh Nystrom-PCG sketches every step vs SpectralReuse vs the amortized eigenbasis,
+    at each rank (and one cold run); hypergradient errors against a dense solve at
+    ``checkpoints`` steps along each run's own trajectory."""
+    from aniso_gp.hypergrad import (
+        AmortizedEigenbasis,
+        Exact,
+        NystromPCG,
+        SpectralReuse,
+        optimize_hyperparameters,
+        validation_hypergradient,
+    )
+    from aniso_gp.hypergrad.tuning import _standardise
 
+    data = _standardise(problem.Xt, problem.yt, problem.Xv, problem.yv)[:4]
+    at = sorted(set(np.linspace(0, steps - 1, min(checkpoints, steps)).astype(int).tolist()))
     variants = []
     for i, r in enumerate(ranks):
         if i == 0 and cold:
             variants.append((r, "fresh sketch, cold start", NystromPCG(r, 5000, tol), False))
         variants.append((r, "fresh sketch, warm start", NystromPCG(r, 5000, tol), True))
-        reuse = SpectralReuse(r, tau, probes, 5000, tol)
-        variants.append((r, f"spectral reuse p={probes} tau={tau}", reuse, True))
+        variants.append((r, f"spectral reuse p={probes} tau={tau}",
+                         SpectralReuse(r, tau, probes, 5000, tol), True))
+        variants.append((r, "amortized eigenbasis", AmortizedEigenbasis(r, maxiter=5000, tol=tol),
+                         True))
     rows = []
     for rank, name, solver, warm in variants:
         params, hist = optimize_hyperparameters(
             problem.Xt, problem.yt, problem.Xv, problem.yv, solver=solver, objective="mse",
             steps=steps, learning_rate=lr, warm_start=warm,
         )
+        errors = []
+        for k in at:
+            _, exact, _ = validation_hypergradient(hist.attrs["theta"][k], *data,
+                                                   solver=Exact(), objective="mse")
+            g, e = ravel_pytree(hist.attrs["grad"][k])[0], ravel_pytree(exact)[0]
+            errors.append(float(jnp.linalg.norm(g - e) / jnp.linalg.norm(e)))
         rows.append(
             {
                 "N": problem.n, "rank": rank, "variant": name, "steps": steps,
                 "total matvecs": int(hist["total_matvecs"].sum()),
                 "sketch/probe matvecs": int(hist["precond_matvecs"].sum()),
                 "PCG matvecs": int(hist["inner_matvecs"].sum() + hist["ihvp_matvecs"].sum()),
-                "refreshes": int(hist["refreshed"].sum()) if "refreshed" in hist else steps,
+                "refreshes": int(hist["refreshed"].sum()) if "refreshed" in hist else (
+                    1 if name.startswith("amortized") else steps),
                 "final val MSE": params["val_loss"],
                 "max residual": float(hist[["residual", "inner_residual"]].max().max()),
+                f"hypergrad err (max of {len(at)})": max(errors),
                 "wall s (after step 0)": float(hist["time_s"].iloc[1:].sum()),
             }
         )
         print(f"  D: rank {rank} {name}: {rows[-1]['total matvecs']} HVPs,"
-              f" final val MSE {params['val_loss']:.8g}", flush=True)
+              f" final val MSE {params['val_loss']:.8g}, hypergradient error <= {max(errors):.1e}",
+              flush=True)
     return rows
 
 
@@ -583,15 +609,17 @@ def main(argv=None):
         rows = section_reuse(p, opt_steps, ranks_d, args.tau, args.probes, 1e-8, 0.05, not q)
         fresh = [r for r in rows if r["variant"] == "fresh sketch, warm start"]
         reuse = [r for r in rows if r["variant"].startswith("spectral")]
+        amortized = [r for r in rows if r["variant"].startswith("amortized")]
         best_fresh = min(fresh, key=lambda r: r["total matvecs"])
         best_reuse = min(reuse, key=lambda r: r["total matvecs"])
         for r in rows:
             same = next(f for f in fresh if f["rank"] == r["rank"])
             r["ratio vs fresh (same rank)"] = same["total matvecs"] / r["total matvecs"]
             r["ratio vs best fresh"] = best_fresh["total matvecs"] / r["total matvecs"]
+        err_col = next(c for c in rows[0] if c.startswith("hypergrad err"))
         cols = ["N", "rank", "variant", "total matvecs", "sketch/probe matvecs", "PCG matvecs",
-                "refreshes", "final val MSE", "max residual", "ratio vs fresh (same rank)",
-                "ratio vs best fresh", "wall s (after step 0)"]
+                "refreshes", "final val MSE", "max residual", err_col,
+                "ratio vs fresh (same rank)", "ratio vs best fresh", "wall s (after step 0)"]
         t = table(rows, cols)
         print(f"\nD. {opt_steps}-step optimisation (Adam lr 0.05, PCG tol 1e-8)\n" + t, flush=True)
         md += ["", f"### D. Spectral reuse over a {opt_steps}-step optimisation", "",
@@ -599,6 +627,16 @@ def main(argv=None):
                " from its default start; Nystrom-PCG at tol 1e-8 for the inner solve and the iHVP"
                " (which share the preconditioner); warm starts from the previous step unless"
                " 'cold'; `ratio` = HVPs of the baseline / HVPs of the row.", "", t]
+        best_amortized = min(amortized, key=lambda r: r["total matvecs"])
+        verdicts.append(
+            f"Issue 17, three basis strategies over {opt_steps} steps at N = {opt_size}"
+            " (fewest HVPs of each; final validation MSE; worst hypergradient error at the"
+            " checkpoints): " + "; ".join(
+                f"{label} rank {r['rank']}: {r['total matvecs']} HVPs,"
+                f" {r['wall s (after step 0)']:.1f} s, MSE {r['final val MSE']:.6g},"
+                f" error {r[err_col]:.1e}"
+                for label, r in (("fresh sketches", best_fresh), ("spectral reuse", best_reuse),
+                                 ("amortized eigenbasis", best_amortized))))
         if opt_size == 5000 and opt_steps == 100:
             loss_diff = max(
                 abs(r["final val MSE"] - best_fresh["final val MSE"]) / best_fresh["final val MSE"]

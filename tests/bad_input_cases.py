@@ -528,6 +528,15 @@ def _hypergrad_cases() -> list[Case]:
                                   "`lr`"),
                                  ("reuse-tau", lambda: hg.SpectralReuse(rank=2, tau=-1.0),
                                   "`tau`"),
+                                 ("amortized-steps", lambda: hg.AmortizedEigenbasis(
+                                     rank=2, steps=0), "`steps`"),
+                                 ("amortized-lr", lambda: hg.AmortizedEigenbasis(
+                                     rank=2, lr=0.0), "`lr`"),
+                                 ("reuse-seeded-basis", lambda: hg.SpectralReuse(
+                                     rank=2).seeded(jnp.ones((5, 3)), jnp.ones(2)), "`basis`"),
+                                 ("reuse-seeded-eigenvalues", lambda: hg.SpectralReuse(
+                                     rank=2).seeded(jnp.ones((5, 2)), -jnp.ones(2)),
+                                  "`eigenvalues`"),
                                  ("auto-tol", lambda: hg.Auto(tol=math.nan), "`tol`"),
                                  ("as_solver-string", lambda: hg.as_solver("cg"), "`solver`"),
                                  ("as_solver-none", lambda: hg.as_solver(None), "`solver`")]:
@@ -586,6 +595,20 @@ def _hypergrad_cases() -> list[Case]:
         add(Case(f"optimize_hyperparameters-{label}", lambda t, a=args: (
             hg.optimize_hyperparameters(**a)), names, hg.SolveError if label.endswith(
                 "diverges") else ValueError, area="hypergrad"))
+    tuned = {"lengthscales": np.ones(3), "variance": 1.0, "noise_variance": 0.1}
+    for label, kw, names in [
+        ("params-missing", {"params": {"variance": 1.0}}, "`params`"),
+        ("params-negative", {"params": {**tuned, "variance": -1.0}}, "params['variance']"),
+        ("newton_steps", {"newton_steps": -1}, "`newton_steps`"),
+        ("eps", {"eps": 0.0}, "`eps`"),
+        ("objective", {"objective": "foo"}, "`objective`"),
+        ("X-shape", {"X_train": Xs[:, :2]}, "`X_train`"),
+        ("seed", {"seed": -1}, "`seed`"),
+    ]:
+        args = {"X_train": Xs, "y_train": ys, "X_val": Xs, "y_val": ys, "params": tuned,
+                "kernel": "ard", **kw}
+        add(Case(f"hyperparameter_influence-{label}", lambda t, a=args: (
+            hg.hyperparameter_influence(**a)), names, area="hypergrad"))
     lap = {"kernel": {"lengthscales": jnp.ones(3), "axis_angle": jnp.zeros(3),
                       "variance": jnp.asarray(1.0)}, "mean": jnp.asarray(0.0),
            "likelihood": {}}
@@ -614,6 +637,22 @@ def _hypergrad_cases() -> list[Case]:
     add(Case("laplace-mode-unconverged", lambda t: hg.laplace_mode(lap, Xs, counts,
                                                                    max_iter=1),
              "not converged", RuntimeWarning, area="hypergrad"))
+    from aniso_gp.linalg import streaming
+
+    def rbf(P, Q):
+        return jnp.exp(-0.5 * jnp.sum((P[:, None] - Q[None]) ** 2, -1))
+
+    state = streaming.nystrom_eigen(rbf, X[:20], X[:5])
+    for label, call, names in [
+        ("X_new-columns", lambda: streaming.add_points(state, rbf, X[:4, :2]), "`X_new`"),
+        ("X_new-nan", lambda: streaming.update(state, rbf, X[:4] * np.nan), "`X_new`"),
+        ("landmarks-1d", lambda: streaming.add_landmarks(state, rbf, X[0]), "`new_landmarks`"),
+        ("num_landmarks", lambda: streaming.update(state, rbf, X[:4], num_landmarks=-2),
+         "`num_landmarks`"),
+        ("rank", lambda: streaming.nystrom_eigen(rbf, X, X[:5], rank=0), "`rank`"),
+        ("tol", lambda: streaming.needs_refresh(state, tol=0.0), "`tol`"),
+    ]:
+        add(Case(f"streaming-{label}", lambda t, f=call: f(), names, area="hypergrad"))
     add(Case("solve_ihvp-cg-maxiter", lambda t: hg.solve_ihvp(
         hg.CG(maxiter=1), lambda v: jnp.diag(jnp.arange(1.0, 6.0)) @ v, b), "approximate",
         RuntimeWarning, area="hypergrad"))

@@ -39,3 +39,8 @@ def test_volume_scaling_quick():
     # Sections 2 (a peer environment from PyPI) and 4-7 (many fits) are manual.
     out = _quick("volume_scaling.py", 300, "--sections", "1,3")
     assert "### 1. Value and gradient time" in out and "| rel. Frobenius" in out
+
+
+def test_streaming_campaign_quick():
+    out = _quick("streaming_campaign.py", timeout=300)
+    assert "| kernel evals update" in out and "Short axis after each batch" in out

@@ -188,10 +188,23 @@ def test_influence_command_writes_a_table_and_a_report_section(fitted_run, tmp_p
     code, _, err = _run(capsys, "report", run)  # a rebuilt report keeps the section
     assert code == 0 and ">Influence</h2>" in (run / "report.html").read_text()
 
+    # First order, by iterative solves with a Nystrom-preconditioned Richardson iteration.
+    code, out, err = _run(capsys, "influence", run, "--first-order", "--rank", "20",
+                          "--draws", "20")
+    assert code == 0, err
+    assert "(first order)" in out
+    table = pd.read_csv(run / "influence.csv", index_col=0)
+    assert len(table) == 40 and "pareto_k" not in table and "l3_change" in table
+    html = (run / "report.html").read_text()
+    assert "to first order" in html and 'id="fig-influence"' in html
+
     for argv, message in ((["--block", "2"], "--block SIZE goes with --groups blocks"),
                           (["--groups", "blocks", "--block", "-1"], "--block must be finite"),
                           (["--groups", "vertical", "--draws", "0"], "--draws must be"),
-                          (["--draws", "50"], "--draws thins the draws of a group")):
+                          (["--draws", "50"], "--draws thins the draws of a group"),
+                          (["--rank", "5"], "--rank K sets the solver of --first-order"),
+                          (["--first-order", "--rank", "0"], "--rank must be at least 1"),
+                          (["--first-order", "--groups", "vertical"], "does not go with")):
         code, _, err = _run(capsys, "influence", run, *argv)
         assert code == 1 and message in _error_line(err), err
     code, _, err = _run(capsys, "influence", tmp_path)

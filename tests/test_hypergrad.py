@@ -237,6 +237,39 @@ def test_spectral_reuse_saves_sketches_and_refreshes_on_drift():
     assert _rel(x, ref) < 1e-8
 
 
+def test_amortized_eigenbasis_tracks_a_rotating_eigenbasis():
+    """Each step moves Q towards the leading eigenvectors (subspace angles against
+    eigh shrink), solves stay exact, and a step costs steps * k HVPs."""
+    from scipy.linalg import subspace_angles
+
+    rng = np.random.default_rng(3)
+    n, k = 80, 12
+    V0 = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    skew = rng.standard_normal((n, n))
+    skew = 0.01 * (skew - skew.T) / np.sqrt(n)
+    spectrum = 50.0 * np.exp(-np.arange(n) / 3.0)
+    b = jnp.asarray(rng.standard_normal(n))
+    solver = hg.AmortizedEigenbasis(k, steps=2, tol=1e-10)
+
+    @jax.jit
+    def step(state, H):
+        return hg.solve_ihvp(solver, lambda v: H @ v, b, shift=0.01, state=state)
+
+    state, angles, costs = None, [], []
+    R = np.eye(n)
+    for _ in range(12):
+        R = R @ (np.eye(n) + skew)  # a slowly rotating operator, as along an optimisation
+        V = np.linalg.qr(R @ V0)[0]
+        H = (V * spectrum) @ V.T + 0.01 * np.eye(n)
+        x, info, state = step(state, jnp.asarray(H))
+        assert _rel(x, np.linalg.solve(H, np.asarray(b))) < 1e-8
+        angles.append(np.degrees(subspace_angles(np.asarray(state.basis[:, :6]), V[:, :6]).max()))
+        costs.append(int(info.matvecs) - int(info.iterations) - 1)
+    assert costs[0] == k and all(c == 2 * k for c in costs[1:])
+    assert int(state.refreshes) == 1  # only the first sketch
+    assert angles[-1] < 1.0 < angles[0]  # the basis converged and follows the rotation
+
+
 # --------------------------------------------------------------------------- #
 # GP validation-loss hypergradients
 # --------------------------------------------------------------------------- #
@@ -536,3 +569,90 @@ def test_errors_name_the_problem(spd_system, ridge):
         hg.laplace_mode(
             {"kernel": {"lengthscales": jnp.ones(3)}}, np.eye(3), np.array([0.5, 1.0, 2.0])
         )
+
+
+# --------------------------------------------------------------------------- #
+# Influence of training observations on tuned hyperparameters
+# --------------------------------------------------------------------------- #
+@pytest.fixture(scope="module")
+def weighted_problem():
+    """Standardised data (so the function's own standardisation is the identity) and
+    the weighted validation loss L(x, w) written directly with dense JAX algebra."""
+    fld = synthetic_field(70, [0.5, 0.3, 0.15], [0.3, -0.2, 0.5], noise_sd=0.2, seed=4)
+    tr, va = fld.split(0.3, seed=1)
+    centre, mean, sd = tr.X.mean(axis=0), tr.y.mean(), tr.y.std()
+    data = (tr.X - centre, (tr.y - mean) / sd, va.X - centre, (va.y - mean) / sd)
+    Xt, yt, Xv, yv = (jnp.asarray(a) for a in data)
+
+    def loss(x, w, objective):
+        a, log_l, log_noise, log_signal = x[:3], x[3:6], x[6], x[7]  # ravel_pytree order
+        params = {"lengthscales": jnp.exp(log_l), "axis_angle": a,
+                  "variance": jnp.exp(2 * log_signal)}
+        s2 = jnp.exp(2 * log_noise)
+        H = kernels.gram(Xt, Xt, params, "rbf") + s2 * jnp.diag(1.0 / w)
+        Kvt = kernels.gram(Xv, Xt, params, "rbf")
+        mu = Kvt @ jnp.linalg.solve(H, yt)
+        if objective == "mse":
+            return jnp.mean((mu - yv) ** 2)
+        var = params["variance"] + s2 - jnp.sum(Kvt.T * jnp.linalg.solve(H, Kvt.T), axis=0)
+        return 0.5 * jnp.mean(jnp.log(2 * jnp.pi * var) + (yv - mu) ** 2 / var)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=2)
+
+    def argmin(w, x0, objective="mse"):
+        """The minimiser of the dense weighted loss, by BFGS to a 1e-11 gradient."""
+        from scipy.optimize import minimize
+
+        res = minimize(lambda v: [np.asarray(t) for t in value_and_grad(v, w, objective)], x0,
+                       jac=True, method="BFGS", options={"gtol": 1e-11, "maxiter": 2000})
+        return res.x
+
+    return data, loss, argmin
+
+
+X0_THETA = np.array([0.3, -0.2, 0.5, *np.log([0.5, 0.3, 0.2]), np.log(0.25), 0.0])
+
+
+def _as_params(x):
+    return {"lengthscales": np.exp(x[3:6]), "axis_angle": np.asarray(x[:3]),
+            "variance": float(np.exp(2 * x[7])), "noise_variance": float(np.exp(2 * x[6]))}
+
+
+@pytest.mark.parametrize("objective", ["mse", "nlpd"])
+def test_hyperparameter_influence_formula_matches_autodiff(weighted_problem, objective):
+    """-H^-1 d(dL/dw)/dtheta from the solver-value pieces against JAX's own second
+    derivatives of the dense weighted loss, at its minimum."""
+    data, loss, argmin = weighted_problem
+    n = data[0].shape[0]
+    x = argmin(jnp.ones(n), X0_THETA, objective)
+    ones = jnp.ones(n)
+    H = jax.hessian(loss)(jnp.asarray(x), ones, objective)
+    mixed = jax.jacfwd(jax.grad(loss, argnums=1), argnums=0)(jnp.asarray(x), ones, objective)
+    # MSE is flat in (signal, noise) scaled together: a pseudo-inverse in both.
+    expected = -np.linalg.pinv(np.asarray(H), rcond=1e-6, hermitian=True) @ np.asarray(mixed).T
+    table, info = hg.hyperparameter_influence(*data, _as_params(x), objective=objective,
+                                              newton_steps=0)
+    assert info["flat_directions"] == (1 if objective == "mse" else 0)
+    assert table.shape == (n, 8)
+    assert list(table.columns[:3]) == ["axis_angle[0]", "axis_angle[1]", "axis_angle[2]"]
+    assert _rel(table.to_numpy().T, expected) < 1e-5
+
+
+def test_hyperparameter_influence_predicts_reweighted_optima(weighted_problem):
+    """Brute force: the minimiser of the dense weighted loss re-found by BFGS with one
+    weight at 1 +- 0.01; central differences of those optima against the prediction."""
+    data, _, argmin = weighted_problem
+    n = data[0].shape[0]
+    x_star = argmin(jnp.ones(n), X0_THETA)
+    start = x_star + 0.01  # off the optimum: the Newton polish must bring it back
+    table, info = hg.hyperparameter_influence(*data, _as_params(start), objective="mse")
+    assert info["grad_norm"] < 1e-6
+    np.testing.assert_allclose(np.log(info["theta"]["lengthscales"]), x_star[3:6], atol=1e-5)
+    top = np.argsort(-np.linalg.norm(table.to_numpy(), axis=1))[:3]
+    for i in top:
+        optima = [argmin(jnp.ones(n).at[i].set(1 + s), x_star) for s in (0.01, -0.01)]
+        refit = (optima[0] - optima[1]) / 0.02
+        # The rotation, the length-scales and log(noise/signal); MSE leaves their sum free.
+        pred = table.iloc[i].to_numpy()
+        assert _rel(pred[:6], refit[:6]) < 2e-2
+        assert pred[6] - pred[7] == pytest.approx(refit[6] - refit[7], rel=2e-2, abs=1e-4)

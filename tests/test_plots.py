@@ -228,5 +228,8 @@ def test_influence_map_labels_the_largest_and_rings_the_unreliable():
     assert ax_plan.get_xlabel() == "x (m)" and ax_section.get_ylabel() == "z (m)"
     rings = ax_plan.collections[1]
     assert len(rings.get_offsets()) == 3  # h0, h5, h10
-    with pytest.raises(ValueError, match="no column 'unreliable'"):
-        plots.influence_map(table.drop(columns="unreliable"))
+    # A first-order table has no Pareto k: nothing is ringed.
+    fig = plots.influence_map(table.drop(columns="unreliable"), top=3)
+    assert len(fig.axes[0].collections[1].get_offsets()) == 0
+    with pytest.raises(ValueError, match="no column 'short_axis_change_deg'"):
+        plots.influence_map(table.drop(columns="short_axis_change_deg"))

@@ -30,6 +30,8 @@ solver                 ``u ~ H^{-1} b``                                    HVPs
 ``NystromRichardson``  ASTRA-style: Richardson / Neumann steps, Nystrom     ``k`` + 21 + iter. + 1
                        preconditioner, stopped at ``tol``
 ``SpectralReuse``      NystromPCG keeping its basis across outer steps      p (+k) + iter. + 1
+``AmortizedEigen..``   NystromPCG whose basis is trained by an eigen loss   ``steps k`` + iter. + 1
+  ``basis``            (``AmortizedEigenbasis``; QR retraction, no refresh)
 ``Auto()``             ``Exact`` up to :data:`AUTO_DENSE_MAX`, else NystromPCG
 =====================  ==================================================  =====================
 
@@ -124,6 +126,7 @@ from aniso_gp.hypergrad.laplace import LAPLACE_LIKELIHOODS as LIKELIHOODS  # for
 from aniso_gp.hypergrad.solvers import (
     AUTO_DENSE_MAX,
     CG,
+    AmortizedEigenbasis,
     Auto,
     Exact,
     IHVPInfo,
@@ -145,6 +148,7 @@ from aniso_gp.hypergrad.solvers import (
 )
 from aniso_gp.hypergrad.tuning import (
     gp_params,
+    hyperparameter_influence,
     optimize_hyperparameters,
     validation_hypergradient,
 )
@@ -172,8 +176,10 @@ __all__ = [
     "SolveError",
     "SolverState",
     "SpectralReuse",
+    "AmortizedEigenbasis",
     "as_solver",
     "gp_params",
+    "hyperparameter_influence",
     "implicit_grad",
     "implicit_solution",
     "kernel_apply",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from aniso_gp import kernels
 from aniso_gp.hypergrad.solvers import (
     Auto,
     Operator,
+    SolveError,
     _all_finite,
     _info,
     _report_solution,
@@ -72,7 +74,7 @@ def _standardise(X_train, y_train, X_val, y_val):
     return Xt - centre, (yt - y_mean) / y_sd, Xv - centre, (yv - y_mean) / y_sd, y_mean, y_sd
 
 
-def _initial_theta(Xt, kernel, init, y_sd):
+def _initial_theta(Xt, kernel, init, y_sd, name: str = "init"):
     if init is None:
         extent = np.ptp(np.asarray(Xt), axis=0)
         scale = max(float(np.mean(extent)), 1e-12) / 4.0
@@ -89,24 +91,25 @@ def _initial_theta(Xt, kernel, init, y_sd):
     keys = {"lengthscales", "variance", "noise_variance"} | (
         {"axis_angle"} if kernel == "rotated" else set())
     if not isinstance(init, dict):
-        raise ValueError(f"`init` must be a dict with keys {sorted(keys)}; got "
+        raise ValueError(f"`{name}` must be a dict with keys {sorted(keys)}; got "
                          f"{type(init).__name__}")
     missing = {"lengthscales", "variance", "noise_variance"} - set(init)
     if missing or set(init) - keys:
-        raise ValueError(f"`init` for the {kernel} kernel takes the keys {sorted(keys)} "
+        raise ValueError(f"`{name}` for the {kernel} kernel takes the keys {sorted(keys)} "
                          f"(axis_angle optional); missing {sorted(missing)}, unexpected "
                          f"{sorted(set(init) - keys)}")
     theta = {
         "log_lengthscales": jnp.log(check.lengthscales(init["lengthscales"],
-                                                       "init['lengthscales']")),
-        "log_signal": 0.5 * jnp.log(check.positive_scalar(init["variance"], "init['variance']")
+                                                       f"{name}['lengthscales']")),
+        "log_signal": 0.5 * jnp.log(check.positive_scalar(init["variance"],
+                                                          f"{name}['variance']")
                                     / y_sd**2),
         "log_noise": 0.5 * jnp.log(check.positive_scalar(init["noise_variance"],
-                                                         "init['noise_variance']") / y_sd**2),
+                                                         f"{name}['noise_variance']") / y_sd**2),
     }
     if kernel == "rotated":
         theta["axis_angle"] = check.vector3(init.get("axis_angle", np.zeros(3)),
-                                            "init['axis_angle']")
+                                            f"{name}['axis_angle']")
     return _strong(theta)
 
 
@@ -350,7 +353,10 @@ def optimize_hyperparameters(X_train, y_train, X_val, y_val, kernel: str = "rota
         (rotated), ``variance``, ``noise_variance``, ``mean``, ``val_loss`` (at the
         returned parameters) in user units; ``history`` a DataFrame with one row per
         step (validation loss before the step, HVPs of the inner solve, iHVP and
-        preconditioner, iHVP residual, reuse refreshes/staleness, wall time).
+        preconditioner, iHVP residual, reuse refreshes/staleness, wall time);
+        ``history.attrs["theta"]`` / ``["grad"]``: per step, ``theta`` and its
+        hypergradient in the standardised units of the optimisation (data centred,
+        ``y`` divided by its sd).
     """
     check.one_of(kernel, _KERNELS, "kernel")
     check.one_of(objective, _OBJECTIVES, "objective")
@@ -380,13 +386,14 @@ def optimize_hyperparameters(X_train, y_train, X_val, y_val, kernel: str = "rota
     to_user = (lambda v: v * float(y_sd) ** 2) if objective == "mse" else (
         lambda v: v + math.log(float(y_sd))
     )
-    rows = []
+    rows, trajectory = [], []
     for step in range(steps):
         t0 = time.perf_counter()
         if not warm_start:
             carry = _cold_carry(inner, n, m, objective, state=carry[0])
         loss, grad, carry, metrics = step_fn(theta, carry, jax.random.fold_in(base_key, step))
         grad = _require(grad, _all_finite(grad), f"non-finite hypergradient at step {step}")
+        trajectory.append((theta, grad))
         updates, opt_state = opt.update(grad, opt_state, theta)
         theta = optax.apply_updates(theta, updates)
         jax.block_until_ready(theta)
@@ -418,4 +425,216 @@ def optimize_hyperparameters(X_train, y_train, X_val, y_val, kernel: str = "rota
     history.attrs["solver"] = repr(solver.pick(n, matrix_free))
     history.attrs["inner_solver"] = repr(inner.pick(n, matrix_free))
     history.attrs["objective"] = objective
+    # theta before each step and the hypergradient used there, in the optimiser's own
+    # (centred, standardised) units: what validation_hypergradient takes to check it.
+    history.attrs["theta"] = [jax.tree_util.tree_map(np.asarray, t) for t, _ in trajectory]
+    history.attrs["grad"] = [jax.tree_util.tree_map(np.asarray, g) for _, g in trajectory]
     return out, history
+
+
+# --------------------------------------------------------------------------- #
+# Influence of training observations on tuned hyperparameters
+# --------------------------------------------------------------------------- #
+def _weight_gradient(theta, key, Xt, yt, Xv, yv, *, kernel, base, objective, solver, inner):
+    r"""``(loss, dL/dtheta, dL/dw)`` at observation weights ``w = 1``.
+
+    A weight ``w_i`` multiplies observation ``i``'s Gaussian log-likelihood, i.e.
+    divides its noise variance: ``H(w) = K + s^2 diag(1/w)``, so
+    ``dH/dw_i = -s^2 e_i e_i^T``. With ``alpha = H^{-1} y``, ``u = H^{-1} dL/dalpha``
+    (the step's iHVP) and ``V = H^{-1} K_tv``:
+
+    .. math:: \frac{\partial L}{\partial w_i} = s^2 \alpha_i u_i
+              - s^2 \sum_j \frac{\partial L}{\partial \sigma_j^2} V_{ij}^2
+
+    (the second term for ``"nlpd"`` only: ``d sigma_j^2 / d w_i = -s^2 V_ij^2``).
+    Every solve is the step's, by the solver values given.
+    """
+    n, m = Xt.shape[0], Xv.shape[0]
+    carry = _cold_carry(inner, n, m, objective)
+    loss, grad, (_, alpha, V, u), _ = _gp_hypergrad_step(
+        theta, carry, key, Xt, yt, Xv, yv, kernel=kernel, base=base, objective=objective,
+        solver=solver, inner=inner, block=None)
+    params, s2 = gp_params(theta, kernel)
+    dw = s2 * alpha * u
+    if objective == "nlpd":
+        Kvt = kernels.gram(Xv, Xt, params, base)
+        mu = matmul(Kvt, alpha)
+        var = params["variance"] + s2 - jnp.sum(Kvt.T * V, axis=0)
+        dvar = 0.5 * (1.0 / var - (yv - mu) ** 2 / var**2) / m
+        dw = dw - s2 * matmul(V**2, dvar)
+    return loss, grad, dw
+
+
+@plain_errors
+def hyperparameter_influence(X_train, y_train, X_val, y_val, params: dict,
+                             kernel: str = "rotated", base: str = "rbf", solver="auto",
+                             objective: str = "nlpd", *, newton_steps: int = 10,
+                             eps: float = 1e-4, seed: int = 0):
+    r"""How each training observation moves hyperparameters tuned on a validation loss.
+
+    The tuned ``theta*`` minimises the validation loss ``L(theta, w)``, where the
+    weight ``w_i`` of training observation ``i`` scales its log-likelihood (its
+    noise variance becomes ``s^2 / w_i``). At a minimum ``grad_theta L = 0``, and
+    the implicit function theorem gives, for all observations at once,
+
+    .. math:: \frac{d\theta^*}{dw} = -\big(\nabla^2_{\theta\theta} L\big)^{-1}
+              \nabla_\theta \frac{\partial L}{\partial w} \quad (d \times N),
+
+    where ``dL/dw`` needs, besides the solve ``alpha = H^{-1} y`` and the
+    hypergradient's iHVP ``u``, nothing more (see :func:`_weight_gradient`): the
+    solves are done by ``solver`` exactly as in :func:`optimize_hyperparameters`.
+    The ``d x d`` Hessian and the ``N x d`` mixed Jacobian are central differences
+    of those solver-value computations in ``theta`` (``2 d`` evaluations: 16 for
+    the rotated kernel), so an iterative solver needs a tolerance well below
+    ``eps^2`` (default ``1e-8``; ``"auto"`` uses ``1e-10``). Leaving observation
+    ``i`` out is ``w_i = 1 -> 0``: to first order ``theta*`` moves by
+    ``-d theta*/d w_i``.
+
+    ``params`` (what :func:`optimize_hyperparameters` returned) is first polished by
+    up to ``newton_steps`` Newton steps on ``L`` with the same Hessian (trust radius
+    ``NEWTON_RADIUS``, backtracking, until the gradient falls by ``NEWTON_GTOL``),
+    since the theorem holds at a stationary point, not after a fixed number of
+    Adam steps. Directions
+    in which ``L`` is flat (with ``"mse"``: signal and noise variance scaled
+    together) are left out of the inverse (:func:`_flat_inverse`).
+
+    Args:
+        X_train, y_train, X_val, y_val: the data the hyperparameters were tuned on.
+        params: tuned values in user units (``lengthscales``, ``axis_angle``
+            (rotated), ``variance``, ``noise_variance``).
+        kernel, base, solver, objective: as in :func:`optimize_hyperparameters`.
+        newton_steps: most Newton steps before differentiating (0: ``params`` as given).
+        eps: central-difference step in the unconstrained ``theta``.
+        seed: seed of randomized sketches.
+
+    Returns:
+        ``(table, info)``: ``table`` a DataFrame with one row per training
+        observation and one column per entry of ``theta`` (``log_lengthscales[0..2]``,
+        ``axis_angle[0..2]``, ``log_signal``, ``log_noise``; log-scales of the
+        user's units), holding ``d theta*/d w_i``; ``info`` a dict with ``theta``
+        (the polished optimum, user units via ``params``), ``grad_norm`` (of ``L``
+        there, relative to the first), the Hessian's eigenvalues, the number of
+        ``flat_directions`` left out and ``evaluations``.
+
+    Example:
+        >>> from aniso_gp import datasets
+        >>> from aniso_gp.hypergrad import hyperparameter_influence, optimize_hyperparameters
+        >>> f = datasets.synthetic_field(60, [0.5, 0.3, 0.2], [0.3, -0.2, 0.5], noise_sd=0.1)
+        >>> tr, va = f.split(0.3, seed=0)
+        >>> p, _ = optimize_hyperparameters(tr.X, tr.y, va.X, va.y, steps=30)
+        >>> table, info = hyperparameter_influence(tr.X, tr.y, va.X, va.y, p)
+        >>> table.shape
+        (42, 8)
+    """
+    check.one_of(kernel, _KERNELS, "kernel")
+    check.one_of(objective, _OBJECTIVES, "objective")
+    base = check.base_name(base)
+    newton_steps = check.integer(newton_steps, "newton_steps", minimum=0)
+    eps = check.positive_scalar(eps, "eps")
+    Xt, yt, Xv, yv, y_mean, y_sd = _standardise(X_train, y_train, X_val, y_val)
+    if isinstance(params, dict):  # what optimize_hyperparameters returns also has these
+        params = {k: v for k, v in params.items() if k not in ("mean", "val_loss")}
+    theta = _initial_theta(Xt, kernel, params, y_sd, name="params")
+    inner, solver = _inner_and_ihvp(solver)
+    key = jax.random.PRNGKey(check.seed(seed))
+    x, unravel = ravel_pytree(theta)
+    d = x.shape[0]
+
+    calls = []
+
+    def evaluate(v, with_loss=False):
+        calls.append(1)
+        loss, g, dw = _weight_gradient(unravel(v), key, Xt, yt, Xv, yv, kernel=kernel,
+                                       base=base, objective=objective, solver=solver,
+                                       inner=inner)
+        out = np.asarray(ravel_pytree(g)[0]), np.asarray(dw)
+        return (float(loss), *out) if with_loss else out
+
+    def derivatives(v):
+        cols = [[evaluate(v + s * eps * np.eye(d)[j]) for s in (1.0, -1.0)] for j in range(d)]
+        hess = np.stack([(up[0] - down[0]) / (2 * eps) for up, down in cols], axis=1)
+        mixed = np.stack([(up[1] - down[1]) / (2 * eps) for up, down in cols], axis=1)
+        return 0.5 * (hess + hess.T), mixed
+
+    x = np.asarray(x)
+    loss, g0, _ = evaluate(x, with_loss=True)
+    g = g0
+    for _ in range(newton_steps):
+        if np.linalg.norm(g) <= NEWTON_GTOL * np.linalg.norm(g0):
+            break
+        hess, _ = derivatives(x)
+        step = -_flat_inverse(hess, saddle_free=True)[0] @ g
+        # A trust radius and backtracking: along a weakly curved direction a full
+        # Newton step can leave the basin (to where the curvature turns negative).
+        step *= min(1.0, NEWTON_RADIUS / max(np.linalg.norm(step), 1e-300))
+        for _ in range(20):
+            trial = evaluate(x + step, with_loss=True)[0]
+            if trial <= loss:
+                x, loss = x + step, trial
+                break
+            step = 0.5 * step
+        g = evaluate(x)[0]
+    if newton_steps and np.linalg.norm(g) > 1e-4 * np.linalg.norm(g0):
+        warnings.warn(
+            f"hyperparameter_influence: after {newton_steps} Newton steps the validation loss's"
+            f" gradient is still {np.linalg.norm(g) / np.linalg.norm(g0):.1e} of its initial"
+            " norm; the implicit derivative holds at a minimum (raise newton_steps)",
+            RuntimeWarning, stacklevel=2)
+    hess, mixed = derivatives(x)
+    inverse, eig, flat = _flat_inverse(hess)
+    dtheta = -inverse @ mixed.T  # (d, N)
+    names = [f"{path[0].key}[{i}]" if np.ndim(leaf) else path[0].key
+             for path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]
+             for i in range(max(1, np.size(leaf)))]  # ravel_pytree's order
+    table = pd.DataFrame(dtheta.T, columns=names)
+    table.index.name = "observation"
+    polished, s2 = gp_params(unravel(jnp.asarray(x)), kernel)
+    out = {
+        "lengthscales": np.asarray(polished["lengthscales"]),
+        "variance": float(polished["variance"]) * float(y_sd) ** 2,
+        "noise_variance": float(s2) * float(y_sd) ** 2,
+        "mean": float(y_mean),
+    }
+    if kernel == "rotated":
+        out["axis_angle"] = np.asarray(polished["axis_angle"])
+    info = {
+        "theta": out,
+        "grad_norm": float(np.linalg.norm(g) / max(np.linalg.norm(g0), 1e-300)),
+        "hessian_eigenvalues": eig,
+        "flat_directions": flat,
+        "evaluations": len(calls),
+    }
+    return table, info
+
+
+#: Hessian eigenvalues below this fraction of the largest are flat directions.
+FLAT = 1e-6
+#: Largest Newton step (Euclidean, in theta: log-scales and radians) when polishing.
+NEWTON_RADIUS = 0.1
+#: Polishing stops when the gradient is below this fraction of its initial norm.
+NEWTON_GTOL = 1e-8
+
+
+def _flat_inverse(hess, saddle_free: bool = False):
+    """``(pinv, eigenvalues, flat)``: the inverse on the directions the loss curves in.
+
+    A validation MSE does not change when signal and noise variance scale together
+    (the predictive mean depends on their ratio only): its Hessian has an exact zero
+    eigenvalue. Such directions (``|lambda| <= FLAT lambda_max``) are left out, so
+    ``theta*`` moves only where it is determined; a clearly negative eigenvalue means
+    the point is not a minimum. A Newton step on the way there uses ``|lambda|``
+    instead (saddle-free Newton: downhill along negative curvature too).
+    """
+    eig, Q = np.linalg.eigh(hess)
+    tol = FLAT * np.max(np.abs(eig))
+    if saddle_free:
+        keep = np.abs(eig) > tol
+        return (Q[:, keep] / np.abs(eig[keep])) @ Q[:, keep].T, eig, int(np.sum(~keep))
+    if np.any(eig < -tol):
+        raise SolveError(
+            "the validation loss's Hessian in theta is not positive semi-definite at the tuned"
+            f" hyperparameters (smallest eigenvalue {eig[0]:.3g}, largest {eig[-1]:.3g}): they"
+            " are not at a minimum; tune longer (more steps) or raise newton_steps")
+    keep = eig > tol
+    return (Q[:, keep] / eig[keep]) @ Q[:, keep].T, eig, int(np.sum(~keep))
+
