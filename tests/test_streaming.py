@@ -1,4 +1,6 @@
-"""Streaming Nyström updates against recomputation, dense algebra and SciPy's subspace angles."""
+"""Streaming Nyström updates against recomputation, dense algebra and SciPy's subspace angles.
+
+Bad inputs are cases of tests/bad_input_cases.py (``streaming-*``)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -158,23 +160,3 @@ def test_streamed_basis_seeds_spectral_reuse():
     assert int(carry.refreshes) == 0
     assert int(info.iterations) <= int(info_fresh.iterations) + 2
     assert int(info.matvecs) < int(info_fresh.matvecs) + int(prepared.setup_matvecs)
-
-
-@pytest.mark.parametrize(
-    "call, match",
-    [
-        (lambda s: streaming.add_points(s, kernel_fn, np.ones((3, 2))), "`X_new` must have 3"),
-        (lambda s: streaming.add_points(s, kernel_fn, np.full((3, 3), np.nan)), "`X_new`"),
-        (lambda s: streaming.update(s, kernel_fn, np.ones((2, 3)), num_landmarks=-1),
-         "num_landmarks"),
-        (lambda s: streaming.add_landmarks(s, kernel_fn, np.ones(3)), "`new_landmarks`"),
-        (lambda s: streaming.nystrom_eigen(kernel_fn, s.points, s.landmarks, rank=0), "`rank`"),
-        (lambda s: streaming.needs_refresh(s, tol=2.0), "`tol`"),
-        (lambda s: SpectralReuse(rank=5).seeded(s.basis, s.eigenvalues), "`basis`"),
-    ],
-)
-def test_bad_input_is_named(call, match):
-    X = campaign(n=40)
-    state = streaming.nystrom_eigen(kernel_fn, X, X[:10])
-    with pytest.raises(ValueError, match=match):
-        call(state)

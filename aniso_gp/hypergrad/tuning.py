@@ -542,22 +542,22 @@ def hyperparameter_influence(X_train, y_train, X_val, y_val, params: dict,
 
     calls = []
 
-    def evaluate(v, with_loss=False):
+    def evaluate(v):
+        """``(loss, dL/dtheta, dL/dw)`` at the flat ``theta`` ``v``, as NumPy."""
         calls.append(1)
         loss, g, dw = _weight_gradient(unravel(v), key, Xt, yt, Xv, yv, kernel=kernel,
                                        base=base, objective=objective, solver=solver,
                                        inner=inner)
-        out = np.asarray(ravel_pytree(g)[0]), np.asarray(dw)
-        return (float(loss), *out) if with_loss else out
+        return float(loss), np.asarray(ravel_pytree(g)[0]), np.asarray(dw)
 
     def derivatives(v):
         cols = [[evaluate(v + s * eps * np.eye(d)[j]) for s in (1.0, -1.0)] for j in range(d)]
-        hess = np.stack([(up[0] - down[0]) / (2 * eps) for up, down in cols], axis=1)
-        mixed = np.stack([(up[1] - down[1]) / (2 * eps) for up, down in cols], axis=1)
+        hess = np.stack([(up[1] - down[1]) / (2 * eps) for up, down in cols], axis=1)
+        mixed = np.stack([(up[2] - down[2]) / (2 * eps) for up, down in cols], axis=1)
         return 0.5 * (hess + hess.T), mixed
 
     x = np.asarray(x)
-    loss, g0, _ = evaluate(x, with_loss=True)
+    loss, g0, _ = evaluate(x)
     g = g0
     for _ in range(newton_steps):
         if np.linalg.norm(g) <= NEWTON_GTOL * np.linalg.norm(g0):
@@ -568,12 +568,13 @@ def hyperparameter_influence(X_train, y_train, X_val, y_val, params: dict,
         # Newton step can leave the basin (to where the curvature turns negative).
         step *= min(1.0, NEWTON_RADIUS / max(np.linalg.norm(step), 1e-300))
         for _ in range(20):
-            trial = evaluate(x + step, with_loss=True)[0]
-            if trial <= loss:
-                x, loss = x + step, trial
+            trial_loss, trial_g, _ = evaluate(x + step)
+            if trial_loss <= loss:
+                x, loss, g = x + step, trial_loss, trial_g
                 break
             step = 0.5 * step
-        g = evaluate(x)[0]
+        else:  # no step lowers the loss: x is as stationary as this can make it
+            break
     if newton_steps and np.linalg.norm(g) > 1e-4 * np.linalg.norm(g0):
         warnings.warn(
             f"hyperparameter_influence: after {newton_steps} Newton steps the validation loss's"

@@ -131,12 +131,15 @@ def _bucket(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+def _padded(A: np.ndarray) -> jnp.ndarray:
+    """``A`` with copies of its first row appended up to a power-of-two row count."""
+    return jnp.asarray(np.concatenate([A, np.repeat(A[:1], _bucket(A.shape[0]) - A.shape[0],
+                                                    axis=0)]))
+
+
 def _kernel(kernel_fn: KernelFn, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``K(A, B)`` as NumPy, evaluated on rows padded (copies of the first) to powers of two."""
-    na, nb = A.shape[0], B.shape[0]
-    Ap = np.concatenate([A, np.repeat(A[:1], _bucket(na) - na, axis=0)])
-    Bp = np.concatenate([B, np.repeat(B[:1], _bucket(nb) - nb, axis=0)])
-    return np.asarray(_jitted(kernel_fn)(jnp.asarray(Ap), jnp.asarray(Bp)))[:na, :nb]
+    """``K(A, B)`` as NumPy, evaluated on padded rows (:func:`_padded`)."""
+    return np.asarray(_jitted(kernel_fn)(_padded(A), _padded(B)))[:A.shape[0], :B.shape[0]]
 
 
 @functools.lru_cache(maxsize=8)
@@ -146,13 +149,15 @@ def _jitted_diagonal(kernel_fn):
 
 def _diagonal(kernel_fn: KernelFn, A: np.ndarray) -> np.ndarray:
     """``diag K(A, A)`` (n,) from ``n`` kernel entries."""
-    n = A.shape[0]
-    Ap = np.concatenate([A, np.repeat(A[:1], _bucket(n) - n, axis=0)])
-    return np.asarray(_jitted_diagonal(kernel_fn)(jnp.asarray(Ap)))[:n]
+    return np.asarray(_jitted_diagonal(kernel_fn)(_padded(A)))[:A.shape[0]]
 
 
 def _cholesky(K: np.ndarray) -> np.ndarray:
-    """Lower factor of ``K + jitter I`` at the smallest of ``dense.JITTER_LEVELS`` that works."""
+    """Lower factor of ``K + jitter I`` at the smallest of ``dense.JITTER_LEVELS`` that works.
+
+    ``dense.cholesky``'s rule in NumPy: the jitted one would compile again for every
+    new landmark count.
+    """
     K = 0.5 * (K + K.T)
     scale = float(np.mean(np.diag(K)))
     for level in JITTER_LEVELS:
@@ -291,9 +296,14 @@ def add_landmarks(state: StreamingNystrom, kernel_fn: KernelFn, new_landmarks) -
     round-off): pick them with :func:`select_new_landmarks`.
     """
     T = _points(new_landmarks, "new_landmarks", state.points.shape[1])
+    B = _cross(kernel_fn, T, state.landmarks, state.chol)
+    state = _add_columns(state, kernel_fn, T, B)
+    return state._replace(evaluations=state.evaluations + B.size)
+
+
+def _add_columns(state, kernel_fn, T, B):
     t, m = T.shape[0], state.landmarks.shape[0]
     r = state.basis.shape[1]
-    B = _cross(kernel_fn, T, state.landmarks, state.chol)
     C = _cholesky(_kernel(kernel_fn, T, T) - B @ B.T)
     G = solve_triangular(C, (_kernel(kernel_fn, state.points, T) - state.cross @ B.T).T,
                          lower=True).T
@@ -307,12 +317,17 @@ def add_landmarks(state: StreamingNystrom, kernel_fn: KernelFn, new_landmarks) -
         landmarks=np.concatenate([state.landmarks, T], axis=0),
         chol=np.block([[state.chol, np.zeros((m, t))], [B, C]]), basis=U, singular=sigma,
         right=W, cross=np.concatenate([state.cross, G], axis=1), discarded=discarded,
-        evaluations=state.evaluations + t * (m + t + state.points.shape[0]),
+        evaluations=state.evaluations + t * (t + state.points.shape[0]),
     )
 
 
+#: A candidate whose residual variance is below this fraction of the largest kernel
+#: diagonal adds nothing as a landmark.
+PIVOT_TOL = 1e-6
+
+
 def select_new_landmarks(state: StreamingNystrom, kernel_fn: KernelFn, X_new, num: int,
-                         rel_tol: float = 1e-6) -> np.ndarray:
+                         rel_tol: float = PIVOT_TOL) -> np.ndarray:
     r"""Indices into ``X_new`` of up to ``num`` new landmarks, by greedy pivoted Cholesky.
 
     The residual kernel of the candidates given the current landmarks,
@@ -347,8 +362,8 @@ def _pivots(kernel_fn, X_new, Fp, num, rel_tol):
     return np.asarray(picks, dtype=np.int64)
 
 
-def update(state: StreamingNystrom, kernel_fn: KernelFn, X_new, num_landmarks: int = 0,
-           ) -> StreamingNystrom:
+def update(state: StreamingNystrom, kernel_fn: KernelFn, X_new,
+           num_landmarks: int = 0) -> StreamingNystrom:
     """New points, and up to ``num_landmarks`` of them as new landmarks.
 
     :func:`add_points` with the landmarks fixed, then :func:`add_landmarks` with the
@@ -360,9 +375,10 @@ def update(state: StreamingNystrom, kernel_fn: KernelFn, X_new, num_landmarks: i
     state = _add_rows(state, X_new, Fp)
     if not num_landmarks:
         return state
-    picks = _pivots(kernel_fn, X_new, Fp, num_landmarks, 1e-6)
+    picks = _pivots(kernel_fn, X_new, Fp, num_landmarks, PIVOT_TOL)
     state = state._replace(evaluations=state.evaluations + X_new.shape[0] * (1 + picks.size))
-    return add_landmarks(state, kernel_fn, X_new[picks]) if picks.size else state
+    # The new landmarks' rows of F are the B of add_landmarks: already evaluated.
+    return _add_columns(state, kernel_fn, X_new[picks], Fp[picks]) if picks.size else state
 
 
 def needs_refresh(state: StreamingNystrom, tol: float = 1e-3) -> bool:
