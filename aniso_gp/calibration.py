@@ -252,6 +252,24 @@ def _axis_angle_draws(samples: dict) -> dict:
             "A": np.asarray(A)}
 
 
+# Above this share of the grid's extent along its axis, a length-scale's adjusted 90%
+# intervals were measured to under-cover: over 40 replicate 24^3 volumes each, 0.70 at
+# 0.27, against 0.875 at 0.15 and 0.90 at 0.11 (reports/benchmarks.md, volume_scaling
+# section 5). The 32^3 end-to-end case (0.20) put the long axes 10 deg off.
+LONG_AGAINST_GRID = 0.2
+
+
+def extent_ratios(lengthscales, axes, sides) -> np.ndarray:
+    """Each principal length-scale over the grid's extent along its axis, (..., 3).
+
+    ``lengthscales`` (..., 3), ``axes`` (..., 3, 3) with the principal axes as columns,
+    ``sides`` (3,) the grid's side lengths ``n_d * spacing_d``; the extent of the box
+    along a unit vector ``u`` is ``sum_d |u_d| side_d``.
+    """
+    extent = np.einsum("...dk,d->...k", np.abs(np.asarray(axes)), np.asarray(sides, float))
+    return np.asarray(lengthscales) / extent
+
+
 def whittle_adjustment(spec, grid, data, g, samples: dict, *, num_bootstrap: int = 200,
                        seed: int = 0, batch: int = 8) -> tuple[Adjustment, dict]:
     """Compute the curvature adjustment of a Whittle fit and apply it to its draws.

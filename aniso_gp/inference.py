@@ -334,9 +334,27 @@ def _fit_volume(gv, kernel, base, parameterization, priors, nuts, *, calibrate: 
         settings["calibration"] = {"adjusted": True, **adj.as_dict()}
     else:
         settings["calibration"] = {"adjusted": False}
+    settings["calibration"]["lengthscale_over_extent"] = _long_against_grid(samples, std, gv)
     settings["total_time_s"] = time.perf_counter() - t_start
     idata = _build_grid_idata(samples, raw, extra, gv, std, spec, grid, data, settings)
     return Fit(idata, settings)
+
+
+def _long_against_grid(samples, std, gv) -> list[float]:
+    """Posterior medians of each sorted length-scale over the grid's extent along its
+    axis; warns when one exceeds :data:`calibration.LONG_AGAINST_GRID`."""
+    _, l, _, axes = (np.asarray(v) for v in _canonical(jnp.asarray(samples["A"]), std.x_scale))
+    sides = np.asarray(gv.shape) * np.asarray(gv.spacing)
+    ratios = np.median(calibration.extent_ratios(l, axes, sides).reshape(-1, 3), axis=0)
+    if ratios.max() > calibration.LONG_AGAINST_GRID:
+        k = int(np.argmax(ratios))
+        warnings.warn(
+            f"length-scale {k + 1} (posterior median {np.median(l[..., k]):.3g}) is "
+            f"{ratios[k]:.2f} of the volume's extent along its axis: above "
+            f"{calibration.LONG_AGAINST_GRID} the 90% intervals of such a length-scale "
+            "were measured to under-cover (a larger crop resolves it)",
+            UserWarning, stacklevel=4)  # the caller of `fit`
+    return [float(r) for r in ratios]
 
 
 def _choose_landmarks(Xs, m, method, spec, seed):

@@ -39,6 +39,7 @@ from gpjax.parameters import LowerTriangular, PositiveReal, Real, val
 
 from aniso_gp import _validation as check
 from aniso_gp import so3
+from aniso_gp.linalg.grid import fold
 from aniso_gp.linalg.operators import matmul
 
 _SQRT3 = 3.0**0.5
@@ -198,12 +199,29 @@ def _lag_kernel_fwd(M, variance, t0, t1, t2, base):
     return k, (M, variance, t0, t1, t2, k if base == "rbf" else None)
 
 
+def _quadratic_cotangent(h, t0, t1, t2):
+    """``sum_tau h(tau) tau tau^T`` (3, 3) over the outer lag grid, ``h`` (m0, m1, m2).
+
+    One product of ``h``, as (m0 m1, m2), with ``[1, t2, t2^2]`` reduces the
+    contiguous axis to three planes, whose weighted sums give all six entries.
+    (Autodiff of the broadcasts of :func:`_lag_quadratic` made six full
+    reductions: the gradient cost 6x the value.)
+    """
+    m0, m1, m2 = h.shape
+    P = (h.reshape(m0 * m1, m2) @ jnp.stack([jnp.ones_like(t2), t2, t2 * t2], axis=1))
+    P0, P1, P2 = (P[:, i].reshape(m0, m1) for i in range(3))
+    r0, c1 = P0.sum(axis=1), P0.sum(axis=0)
+    m01 = t0 @ P0 @ t1
+    m02 = t0 @ P1.sum(axis=1)
+    m12 = P1.sum(axis=0) @ t1
+    return jnp.array([[r0 @ (t0 * t0), m01, m02],
+                      [m01, c1 @ (t1 * t1), m12],
+                      [m02, m12, jnp.sum(P2)]])
+
+
 def _lag_kernel_bwd(base, res, g):
-    # d k = s^2 phi'(r2) tau^T dM tau + phi ds^2. With h = g s^2 phi'(r2), the
-    # cotangent of M_ij is sum_tau h tau_i tau_j. One product of h, as (m0 m1, m2),
-    # with [1, t2, t2^2] reduces the contiguous axis to three planes, whose weighted
-    # sums give all six entries; r2 is recomputed rather than stored. (Autodiff of
-    # the broadcasts made six full reductions: the gradient cost 6x the value.)
+    # d k = s^2 phi'(r2) tau^T dM tau + phi ds^2: the cotangent of M is
+    # sum_tau h tau tau^T with h = g s^2 phi'(r2); r2 is recomputed rather than stored.
     M, variance, t0, t1, t2, k = res
     if k is None:
         r2 = _lag_quadratic(M, t0, t1, t2)
@@ -213,16 +231,7 @@ def _lag_kernel_bwd(base, res, g):
         gk = g * k
         h = -0.5 * gk
         dvar = jnp.sum(gk) / variance
-    m0, m1, m2 = h.shape
-    P = (h.reshape(m0 * m1, m2) @ jnp.stack([jnp.ones_like(t2), t2, t2 * t2], axis=1))
-    P0, P1, P2 = (P[:, i].reshape(m0, m1) for i in range(3))
-    r0, c1 = P0.sum(axis=1), P0.sum(axis=0)
-    m01 = t0 @ P0 @ t1
-    m02 = t0 @ P1.sum(axis=1)
-    m12 = P1.sum(axis=0) @ t1
-    dM = jnp.array([[r0 @ (t0 * t0), m01, m02],
-                    [m01, c1 @ (t1 * t1), m12],
-                    [m02, m12, jnp.sum(P2)]])
+    dM = _quadratic_cotangent(h, t0, t1, t2)
     return dM, dvar, jnp.zeros_like(t0), jnp.zeros_like(t1), jnp.zeros_like(t2)
 
 
@@ -245,6 +254,52 @@ def on_lags(lags, A, variance, base: str = "rbf") -> jnp.ndarray:
     M = A @ A.T
     t0, t1, t2 = (jnp.asarray(t, dtype=jnp.float64) for t in lags)
     return _lag_kernel(M, jnp.asarray(variance, dtype=jnp.float64), t0, t1, t2, base)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _folded_lag_kernel(M, t0, t1, t2, w, base):
+    return fold(w * correlation(_lag_quadratic(M, t0, t1, t2), base), (-3, -2))
+
+
+def _folded_lag_kernel_fwd(M, t0, t1, t2, w, base):
+    wk = w * correlation(_lag_quadratic(M, t0, t1, t2), base)
+    # RBF: phi' = -phi / 2, so the weighted kernel is all the pullback needs.
+    return fold(wk, (-3, -2)), (M, t0, t1, t2, w, wk if base == "rbf" else None)
+
+
+def _folded_lag_kernel_bwd(base, res, g):
+    # The fold's pullback repeats g over the four (tau0, tau1) quadrants; broadcast
+    # into the product instead of tiled, so the cotangent h of the lag array is
+    # written once and read once by the reduction.
+    M, t0, t1, t2, w, wk = res
+    m0, m1, m2 = w.shape
+    gq = g[None, :, None, :, :]
+    if wk is None:
+        slope = w * correlation_slope(_lag_quadratic(M, t0, t1, t2), base)
+        h = slope.reshape(2, m0 // 2, 2, m1 // 2, m2) * gq
+    else:
+        h = -0.5 * wk.reshape(2, m0 // 2, 2, m1 // 2, m2) * gq
+    dM = _quadratic_cotangent(h.reshape(m0, m1, m2), t0, t1, t2)
+    return dM, jnp.zeros_like(t0), jnp.zeros_like(t1), jnp.zeros_like(t2), None
+
+
+_folded_lag_kernel.defvjp(_folded_lag_kernel_fwd, _folded_lag_kernel_bwd)
+
+
+def folded_on_lags(lags, A, weights, base: str = "rbf") -> jnp.ndarray:
+    r"""``sum_{tau = t mod n} w(tau) phi(tau^T M tau)`` on the first two lag axes, ``M = A A^T``.
+
+    The lag array of :func:`on_lags` (unit variance) times ``weights`` (m0, m1, m2)
+    with ``m0 = 2 n0``, ``m1 = 2 n1`` (FFT order, as
+    :func:`aniso_gp.linalg.grid.lag_axes` with ``half=True``), folded onto
+    (n0, n1, m2) as :func:`aniso_gp.linalg.grid.fold` does: the input of the
+    expected periodogram's transform. Fused so that the pullback in ``A`` makes
+    one pass over the 4 N lags (``weights`` get no cotangent): on its own the
+    fold's tiled cotangent, the product and the kernel's pullback made three.
+    """
+    M = A @ A.T
+    t0, t1, t2 = (jnp.asarray(t, dtype=jnp.float64) for t in lags)
+    return _folded_lag_kernel(M, t0, t1, t2, jnp.asarray(weights, dtype=jnp.float64), base)
 
 
 def gram(X1: jnp.ndarray, X2: jnp.ndarray, params: dict, base: str = "rbf") -> jnp.ndarray:

@@ -69,7 +69,7 @@ from aniso_gp.likelihoods import (
     whittle_loglik,
     whittle_terms,
 )
-from aniso_gp.linalg.grid import expected_periodogram
+from aniso_gp.linalg.grid import transform_folded
 from aniso_gp.linalg.nystrom import cross_factor, landmark_cholesky
 
 KERNELS = kernels.KERNELS
@@ -352,8 +352,8 @@ def whittle_site(grid, mean, signal, noise, A, base) -> WhittleFourier:
     """
     # The signal variance scales the small (n0, n1, m) spectrum, not the lag array: its
     # gradient is then one dot product instead of a pass over 4 N lags.
-    phi = kernels.on_lags(grid.lags, A, 1.0, base)
-    expected = (signal**2 * jnp.maximum(expected_periodogram(phi, grid.c_half), 0.0)
+    folded = kernels.folded_on_lags(grid.lags, A, grid.c_half, base)
+    expected = (signal**2 * jnp.maximum(transform_folded(folded), 0.0)
                 + noise**2 * grid.c_half[0, 0, 0])
     return WhittleFourier(mean * grid.G, expected, grid.weights, grid.shape)
 

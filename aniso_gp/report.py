@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from aniso_gp import __version__, orientation, plots
+from aniso_gp.calibration import LONG_AGAINST_GRID
 from aniso_gp.datasets import Truth, Volume
 from aniso_gp.run_dir import check_name, subdir, write_file
 
@@ -307,6 +308,7 @@ def _build_blocks(fits, main, data_summary, comparison, truth, title, volume, un
         Paragraph(
             f"Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by aniso_gp "
             f"{__version__}. Main fit: '{main}' ({_describe_settings(f.settings)})."
+            + _calibration_sentence(f.settings.get("calibration"))
         ),
         Heading("Data"),
         Table(_key_value_frame(data_summary), "Data used for the fits."),
@@ -371,6 +373,27 @@ def _describe_settings(s: dict) -> str:
     parts.append(f"{s['num_chains']} chains x {s['num_samples']} draws "
                  f"after {s['num_warmup']} warm-up")
     return ", ".join(parts)
+
+
+def _calibration_sentence(cal: Mapping | None) -> str:
+    """Whether a whole-volume fit's draws were adjusted, and which length-scales are
+    too long against the grid for calibrated intervals ("" for other fits)."""
+    if cal is None:
+        return ""
+    if cal["adjusted"]:
+        lo, hi = min(cal["width_factors"]), max(cal["width_factors"])
+        text = (f" Draws curvature-adjusted for the Whittle pseudo-likelihood (widths "
+                f"x{lo:.2g} to x{hi:.2g}; J by {cal['J']}).")
+    else:
+        text = (" Draws NOT adjusted: the raw Whittle pseudo-posterior, whose intervals "
+                "are too narrow.")
+    ratios = cal.get("lengthscale_over_extent", [])
+    long = [str(i + 1) for i, r in enumerate(ratios) if r > LONG_AGAINST_GRID]
+    if long:
+        text += (f" Length-scale {', '.join(long)} spans more than {LONG_AGAINST_GRID:g} of "
+                 "the volume's extent along its axis, where 90% intervals were measured to "
+                 "under-cover.")
+    return text
 
 
 def _headline(table: pd.DataFrame, units: str) -> str:

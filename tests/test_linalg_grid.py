@@ -70,9 +70,14 @@ def test_expected_periodogram_matches_double_sum_over_voxel_pairs(base, case, sh
     K = _dense_kernel(shape, SPACING, A, base)
     ref = _brute_expected_periodogram(shape, K, g)
     k_half = kernels.on_lags(grid.lag_axes(shape, SPACING, half=True), jnp.asarray(A), 1.3, base)
-    got = grid.expected_periodogram(k_half, grid.half_lag_weights(grid.autocorrelation(g)))
+    c_half = grid.half_lag_weights(grid.autocorrelation(g))
+    got = grid.expected_periodogram(k_half, c_half)
     assert got.shape == ref.shape
     assert np.max(np.abs(np.asarray(got) - ref)) < 1e-10 * np.max(ref)
+    # The likelihood's fused path: the kernel times c_g folded in one step.
+    fused = 1.3 * grid.transform_folded(kernels.folded_on_lags(
+        grid.lag_axes(shape, SPACING, half=True), jnp.asarray(A), c_half, base))
+    assert np.max(np.abs(np.asarray(fused) - ref)) < 1e-10 * np.max(ref)
 
 
 def test_autocorrelation_matches_direct_sum():

@@ -24,6 +24,7 @@ import pytest
 from conftest import fast_compile_env
 
 from aniso_gp import datasets, report
+from aniso_gp.calibration import LONG_AGAINST_GRID
 from aniso_gp.inference import Fit
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -141,6 +142,10 @@ def test_tables_and_metadata_are_written(demo):
     settings = json.loads((d / report.FITS_DIR / "rotated" / "settings.json").read_text())
     assert settings["likelihood"] == "whittle" and settings["grid"]["shape"] == [12, 12, 12]
     assert settings["calibration"]["adjusted"]
+    # The quick demo's 10-voxel length-scale on a 12-voxel grid is flagged in words.
+    assert max(settings["calibration"]["lengthscale_over_extent"]) > LONG_AGAINST_GRID
+    html = demo["html"].read_text()
+    assert "Draws curvature-adjusted" in html and "measured to under-cover" in html
 
 
 def test_rebuild_report_from_saved_fits(demo):

@@ -192,7 +192,13 @@ def expected_periodogram(k_half, c_half) -> jnp.ndarray:
     on the first two axes (``tau2 < n2`` needs no fold) and transformed.
     Batched over leading axes of ``k_half``.
     """
-    return jnp.fft.rfftn(fold(k_half * c_half, (-3, -2)), axes=_AXES).real
+    return transform_folded(fold(k_half * c_half, (-3, -2)))
+
+
+def transform_folded(folded) -> jnp.ndarray:
+    """The last step of :func:`expected_periodogram`: ``Re rfftn`` of the folded product
+    (..., n0, n1, n2) (from :func:`aniso_gp.kernels.folded_on_lags`), (..., n0, n1, n2//2 + 1)."""
+    return jnp.fft.rfftn(folded, axes=_AXES).real
 
 
 def tapered_dft(x, g) -> jnp.ndarray:
